@@ -1,0 +1,48 @@
+"""Defaults shared by every training config; each experiment file overrides what it changes."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Model: a name from smoothjax.models.MODEL_NAMES; model_kwargs go to its constructor (e.g. width).
+    c.model = "cifar_resnet110"
+    c.model_kwargs = ml_collections.ConfigDict()
+    c.normalization = "mean_std"  # mean_std | mean (SmoothAdv's InputCenterLayer) | none
+    # Data: a name from smoothjax.data.SOURCE_NAMES; data_path for .npz/.zip/folder sources.
+    c.dataset = "cifar10"
+    c.dataset_stats = ""  # whose mean/std the model normalises with ('' = dataset)
+    c.data_dir = ""
+    c.data_path = ""
+    c.train_split = "train"
+    c.eval_split = "test"  # '' = no evaluation
+    c.augment = "none"  # none | cifar | imagenet
+    c.num_classes = 0  # 0 = from the data source
+    # Randomized smoothing: noise level in pixel units (images in [0, 1]).
+    c.sigma = 0.25
+    c.loss = "gaussian"
+    # Optimisation (Cohen et al. CIFAR-10 recipe).
+    c.batch_size = 256
+    c.eval_batch_size = 500
+    c.num_epochs = 90.0
+    c.total_steps = 0  # > 0 overrides num_epochs
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.lr_schedule = "step"  # step | cosine | constant
+    c.lr_step_epochs = 30
+    c.lr_decay = 0.1
+    c.seed = 0
+    # Bookkeeping.
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 100
+    c.eval_every_steps = 0  # 0 = evaluate at the end only
+    # Multi-host: set coordinator_address (or SMOOTHJAX_DISTRIBUTED=1 to auto-detect, e.g. on TPU pods).
+    c.distributed = ml_collections.ConfigDict({"coordinator_address": "", "num_processes": -1, "process_id": -1})
+    # Certification (certify.py): Cohen et al.'s CERTIFY / PREDICT; sigma None = the training sigma.
+    c.certify = ml_collections.ConfigDict({
+        "sigma": ml_collections.config_dict.placeholder(float), "n0": 100, "n": 100_000, "alpha": 0.001,
+        "batch_size": 1000, "skip": 1, "max": -1, "split": "test", "mode": "certify", "seed": 0,
+        "images_per_step": 1})
+    return c

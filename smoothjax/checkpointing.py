@@ -1,0 +1,163 @@
+"""Checkpoints of training runs: periodic, atomic, last-k, resumable, and loadable as plain NumPy.
+
+A workdir holds ``checkpoints/<step>/`` (orbax, written to a temporary directory and renamed when complete, so a
+kill at any moment leaves either the previous or the new checkpoint, never half of one) and ``model.json``, the
+description of the model the checkpoints belong to (name, classes, normalisation, input shape, training sigma).
+Checkpoints are restored as NumPy arrays and then placed on the current mesh, so a checkpoint written on 4
+devices (or a pod) loads on 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+# The keys of model.json that must agree for a workdir's checkpoints to fit a model.
+MODEL_KEYS = ("model", "num_classes", "dataset", "normalization", "model_kwargs", "image_shape")
+
+
+def _checkpoint_dir(workdir) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def write_model_spec(workdir, spec: dict) -> None:
+    """Writes ``workdir/model.json`` atomically (process 0 only); ``spec`` must hold every key of ``MODEL_KEYS``."""
+    missing = [k for k in MODEL_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"model spec lacks {', '.join(missing)}")
+    if jax.process_index() != 0:
+        return
+    path = Path(workdir) / "model.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_model_spec(workdir) -> dict | None:
+    """Returns the dict in ``workdir/model.json``, or None when the workdir has none."""
+    path = Path(workdir) / "model.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable or corrupt ({e}); delete it or use another workdir") from None
+
+
+def check_model_spec(workdir, spec: dict) -> None:
+    """Raises a one-line ValueError when ``workdir`` already belongs to a different model than ``spec``."""
+    old = read_model_spec(workdir)
+    if old is None:
+        return
+    diff = [k for k in MODEL_KEYS if _jsonable(old.get(k)) != _jsonable(spec.get(k))]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"workdir {workdir} holds checkpoints of another model ({k}={old.get(k)!r}, this run has "
+                         f"{k}={spec.get(k)!r}); use a new --workdir or delete the old one")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+class Checkpointer:
+    """Saves and restores a run's state (any pytree of arrays) under ``workdir/checkpoints``.
+
+    Args:
+      workdir: the run directory.
+      max_to_keep: how many of the newest checkpoints to keep (>= 1).
+    """
+
+    def __init__(self, workdir, *, max_to_keep: int = 3):
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep} is not allowed; it must be >= 1")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
+                                              item_handlers=ocp.PyTreeCheckpointHandler())
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state) -> None:
+        """Starts writing ``state`` as checkpoint ``step`` (asynchronously; atomic on completion)."""
+        self._manager.save(int(step), args=ocp.args.PyTreeSave(state), force=True)
+
+    def restore(self, target, step: int | None = None, shardings=None):
+        """Restores checkpoint ``step`` (default: latest) into the structure of ``target``.
+
+        ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct``s. With ``shardings`` (a matching pytree of
+        ``jax.sharding.Sharding``) the result holds global jax.Arrays placed accordingly; without, NumPy arrays.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoint in {self._manager.directory}")
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+        except Exception as e:  # orbax raises many types; the user needs to know which checkpoint is bad.
+            raise ValueError(f"checkpoint {self._manager.directory}/{step} cannot be restored into this model "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        _check_shapes(target, restored, f"{self._manager.directory}/{step}")
+        if shardings is None:
+            return restored
+        return jax.tree.map(_place, restored, shardings)
+
+    def wait(self) -> None:
+        """Blocks until pending saves are complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _check_shapes(target, restored, where: str) -> None:
+    for (path, t), r in zip(jax.tree_util.tree_leaves_with_path(target), jax.tree.leaves(restored)):
+        if tuple(t.shape) != tuple(np.shape(r)):
+            raise ValueError(f"checkpoint {where}: {jax.tree_util.keystr(path)} has shape {np.shape(r)}, "
+                             f"the model expects {tuple(t.shape)}")
+
+
+def _place(value, sharding):
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def load_variables(workdir, step: int | None = None) -> dict:
+    """Loads the Flax variables dict (``{"params": ..., "batch_stats": ...}``, NumPy leaves) of a trained model.
+
+    Args:
+      workdir: a training run's directory.
+      step: which checkpoint (default: the latest).
+
+    Returns:
+      The variables as written by training, usable with ``make_apply_fn(model)`` on any device count.
+    """
+    manager = ocp.CheckpointManager(_checkpoint_dir(workdir), item_handlers=ocp.PyTreeCheckpointHandler())
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise ValueError(f"no checkpoint in {_checkpoint_dir(workdir)}; train first (train.py --workdir={workdir})")
+    metadata = manager.item_metadata(step)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(metadata))
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    return {"params": restored["params"], **(restored.get("model_state") or {})}
+
+
+def load_model(workdir, step: int | None = None):
+    """Returns ``(model, variables)`` for a training run: the Flax module described by ``workdir/model.json`` and
+    its variables from checkpoint ``step`` (default: latest). Two lines from a workdir to ``apply_fn``."""
+    from smoothjax.models import get_model
+
+    spec = read_model_spec(workdir)
+    if spec is None:
+        raise ValueError(f"{Path(workdir) / 'model.json'} does not exist; is {workdir} a smoothjax training workdir?")
+    model = get_model(spec["model"], spec["num_classes"], dataset=spec["dataset"],
+                      normalization=spec["normalization"], **spec["model_kwargs"])
+    return model, load_variables(workdir, step)
