@@ -74,6 +74,17 @@ def make_optimizer(*, learning_rate: float, steps_per_epoch: int, momentum: floa
                        optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
 
 
+def apply_train_mode(model: nn.Module, params, model_state: dict, images: jax.Array, **kwargs):
+    """Runs ``model`` in training mode; returns ``(logits, new_model_state)``.
+
+    Collections in ``model_state`` (batch-norm statistics) are updated from this batch; a model without such
+    state returns ``{}``. ``kwargs`` go to ``model.apply`` (e.g. ``rngs``).
+    """
+    mutable = list(model_state)
+    out = model.apply({"params": params, **model_state}, images, train=True, mutable=mutable or False, **kwargs)
+    return (out[0], dict(out[1])) if mutable else (out, {})
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of (B, K) logits against (B,) integer labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -90,12 +101,10 @@ def gaussian_augmentation_loss(model: nn.Module, sigma: float) -> Callable:
 
     def loss_fn(params, model_state, batch, key):
         noisy = add_gaussian_noise(key, batch["image"], sigma)
-        mutable = list(model_state)
-        out = model.apply({"params": params, **model_state}, noisy, train=True, mutable=mutable)
-        logits, new_state = out if mutable else (out, {})
+        logits, new_state = apply_train_mode(model, params, model_state, noisy)
         loss = cross_entropy(logits, batch["label"])
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-        return loss, (dict(new_state), {"loss": loss, "accuracy": accuracy})
+        return loss, (new_state, {"loss": loss, "accuracy": accuracy})
 
     return loss_fn
 

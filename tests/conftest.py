@@ -1,12 +1,14 @@
 """Test-wide set-up: a persistent JAX compilation cache (a cold process compiles far less) and shared paths."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))  # configs/ is importable as in train.py
 CACHE_DIR = os.environ.setdefault("SMOOTHJAX_TEST_CACHE", str(ROOT / ".cache" / "jax"))
 
 import jax  # noqa: E402

@@ -1,0 +1,151 @@
+"""The training job behind ``train.py``: config in, trained and checkpointed model out.
+
+``train_and_evaluate(config, workdir)`` validates the whole config before it writes anything, builds the data
+pipeline, model and a jitted data-parallel train step over all devices of all processes, resumes from the
+newest checkpoint in ``workdir`` if there is one, trains, evaluates clean and noisy accuracy, and returns the
+final metrics. The loss is chosen by ``config.loss`` from ``LOSSES``, so adversarial-training variants register a
+loss instead of copying this loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from smoothjax import checkpointing, data, parallel, training
+from smoothjax.models import get_model, make_apply_fn
+from smoothjax.noise import check_sigma
+from smoothjax.reporting import Reporter
+
+# config.loss -> factory(model, config) returning a loss_fn(params, model_state, batch, key).
+LOSSES: dict[str, Callable] = {
+    "gaussian": lambda model, config: training.gaussian_augmentation_loss(model, config.sigma),
+}
+
+
+def _setup(config):
+    """Builds sources, model and schedule from ``config``; raises one-line ValueErrors and writes nothing."""
+    check_sigma(config.sigma)
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of: {', '.join(sorted(LOSSES))}")
+    data_kw = dict(data_dir=config.get("data_dir") or None, path=config.get("data_path") or None)
+    train_src = data.get_source(config.dataset, config.train_split, **data_kw)
+    eval_src = data.get_source(config.dataset, config.eval_split, **data_kw) if config.eval_split else None
+    num_classes = config.get("num_classes") or train_src.num_classes
+    stats = config.get("dataset_stats") or config.dataset
+    model_kwargs = dict(config.get("model_kwargs") or {})
+    model = get_model(config.model, num_classes, dataset=stats, normalization=config.normalization, **model_kwargs)
+    spec = {"model": config.model, "num_classes": int(num_classes), "dataset": stats,
+            "normalization": config.normalization, "model_kwargs": model_kwargs,
+            "image_shape": list(train_src.image_shape), "sigma": float(config.sigma),
+            "train_dataset": config.dataset}
+    return train_src, eval_src, model, spec
+
+
+def _num_steps(config, steps_per_epoch: int) -> int:
+    steps = config.get("total_steps") or 0
+    if steps <= 0:
+        steps = math.ceil(config.num_epochs * steps_per_epoch)
+    if steps <= 0:
+        raise ValueError(f"num_epochs={config.num_epochs}, total_steps={config.get('total_steps')} give no steps; "
+                         "set num_epochs > 0 or total_steps > 0")
+    return int(steps)
+
+
+def evaluate(apply_fn, variables, source, *, batch_size: int, sigma: float, key, mesh) -> dict:
+    """Clean and noisy (one draw of N(0, sigma^2 I) per image) top-1 accuracy of the base classifier on a split."""
+    eval_step = jax.jit(training.make_eval_step(apply_fn, sigma))
+    totals = {"count": 0, "clean_correct": 0, "noisy_correct": 0}
+    batches = data.eval_batches(source, batch_size=batch_size, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    for i, batch in enumerate(batches):
+        counts = eval_step(variables, parallel.to_global(batch, mesh), jax.random.fold_in(key, i))
+        for k, v in jax.device_get(counts).items():
+            totals[k] += int(v)
+    n = max(totals["count"], 1)
+    return {"clean_accuracy": totals["clean_correct"] / n, "noisy_accuracy": totals["noisy_correct"] / n}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains ``config``'s model in ``workdir`` (resuming from its newest checkpoint) and returns final metrics.
+
+    The run is a pure function of the config: batch ``s`` and the noise of step ``s`` depend only on
+    (seed, s), so a run killed at any moment and restarted ends with exactly the parameters of an uninterrupted
+    run, and the same global batch on any number of devices or processes gives the same parameters up to
+    floating-point reassociation.
+    """
+    dist = config.get("distributed") or {}
+    parallel.initialize_distributed(dist.get("coordinator_address", ""), dist.get("num_processes", -1),
+                                    dist.get("process_id", -1))
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh)
+    train_src, eval_src, model, spec = _setup(config)
+    loader = data.Loader(train_src, global_batch_size=config.batch_size, seed=config.seed,
+                         augment=data.get_augment(config.augment, train_src.image_shape),
+                         process_index=jax.process_index(), process_count=jax.process_count())
+    total_steps = _num_steps(config, loader.steps_per_epoch)
+    checkpointing.check_model_spec(workdir, spec)
+
+    tx = training.make_optimizer(
+        learning_rate=config.learning_rate, steps_per_epoch=loader.steps_per_epoch, momentum=config.momentum,
+        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_step_epochs=config.lr_step_epochs,
+        lr_decay=config.lr_decay, total_steps=total_steps)
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    repl = parallel.replicated(mesh)
+    init = jax.jit(lambda k: training.create_train_state(model, tx, k, train_src.image_shape), out_shardings=repl)
+    train_step = jax.jit(training.make_train_step(LOSSES[config.loss](model, config), tx),
+                         in_shardings=(repl, parallel.batch_sharding(mesh), repl), out_shardings=(repl, repl),
+                         donate_argnums=0)
+
+    checkpointing.write_model_spec(workdir, spec)
+    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    if start:
+        target = jax.eval_shape(init, init_key)
+        state = training.TrainState(**ckpt.restore(_as_dict(target), shardings=jax.tree.map(lambda _: repl,
+                                                                                           _as_dict(target))))
+    else:
+        state = init(init_key)
+    reporter = Reporter(workdir, total=total_steps, initial=start, unit="step", description="train")
+    reporter.write(f"{config.model} on {config.dataset}: {total_steps} steps of batch {config.batch_size} "
+                   f"({loader.steps_per_epoch}/epoch) on {mesh.devices.size} device(s), {jax.process_count()} "
+                   f"process(es); sigma={config.sigma}" + (f"; resuming at step {start}" if start else ""))
+    pending, t0 = [], time.time()
+    batches = loader.iterate(start_step=start)
+    for step in range(start, total_steps):
+        state, metrics = train_step(state, parallel.to_global(next(batches), mesh), train_key)
+        pending.append(metrics)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+            means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+            means["images_per_second"] = len(pending) * config.batch_size / (time.time() - t0)
+            reporter.scalars(done, means)
+            pending, t0 = [], time.time()
+            reporter.advance(0, **means)
+        reporter.advance(1)
+        if done % config.checkpoint_every_steps == 0 or done == total_steps:
+            ckpt.save(done, _as_dict(state))
+        if eval_src is not None and config.eval_every_steps and done % config.eval_every_steps == 0 \
+                and done != total_steps:
+            results = evaluate(make_apply_fn(model), state.variables, eval_src, batch_size=config.eval_batch_size,
+                               sigma=config.sigma, key=eval_key, mesh=mesh)
+            reporter.scalars(done, {f"eval_{k}": v for k, v in results.items()})
+    ckpt.close()
+    results = {}
+    if eval_src is not None:
+        results = evaluate(make_apply_fn(model), state.variables, eval_src, batch_size=config.eval_batch_size,
+                           sigma=config.sigma, key=eval_key, mesh=mesh)
+        reporter.scalars(total_steps, {f"eval_{k}": v for k, v in results.items()})
+    reporter.close()
+    return {"step": total_steps, **results}
+
+
+def _as_dict(state) -> dict:
+    return {"step": state.step, "params": state.params, "model_state": state.model_state,
+            "opt_state": state.opt_state}
