@@ -2,8 +2,8 @@
 
   python train.py --config=configs/digits.py --workdir=runs/digits
 
-Trains in about a minute on 2 CPU cores; expected at the end: clean accuracy ~0.98 and noisy accuracy ~0.97 on
-the 360-image test split.
+Trains in under a minute on 2 CPU cores (660 steps); expected at the end, on the 360-image test split: clean
+accuracy about 0.99 and noisy accuracy (one draw of N(0, 0.25^2) per image) about 0.98.
 """
 
 from configs.common import base_config

@@ -1,6 +1,7 @@
 """Training: optimizer and loss against closed forms, equality across device counts, and train.py end to end
 (kill -9 and resume bit for bit, two processes equal one, one-line errors that leave nothing behind)."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -108,6 +109,9 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step" in resumed.stderr
     a, b = _params(tmp_path / "straight"), _params(killed)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in records)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -146,6 +150,18 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, override, messag
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and message in last and "Traceback" not in r.stderr
     assert not workdir.exists()
+
+
+def test_load_model_gives_a_working_classifier(tmp_path):
+    from smoothjax import data
+    from smoothjax.models import make_apply_fn
+
+    subprocess.run(_train_cmd(tmp_path / "run", "--config.total_steps=150"), check=True, env=subprocess_env(1),
+                   cwd=ROOT, timeout=600)
+    model, variables = checkpointing.load_model(tmp_path / "run")
+    images, labels = data.get_source("digits", "test").get_batch(np.arange(360))
+    accuracy = np.mean(np.argmax(make_apply_fn(model)(variables, images), -1) == labels)
+    assert accuracy > 0.85  # ten classes: chance is 0.1; 150 noisy steps already separate the digits
 
 
 def test_missing_or_corrupt_data_file(tmp_path):
