@@ -20,7 +20,7 @@ from smoothjax.models.small_cnn import SmallCNN
 NORMALIZATIONS = ("mean_std", "mean", "none")
 
 _BUILDERS = {
-    **{f"cifar_resnet{d}": partial(CifarResNet, depth=d) for d in (20, 32, 44, 56, 110)},
+    **{f"cifar_resnet{d}": partial(CifarResNet, depth=d) for d in (8, 20, 32, 44, 56, 110)},
     "resnet50": ResNet50,
     "small_cnn": SmallCNN,
 }
@@ -44,15 +44,16 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
     """Builds the model called ``name`` (one of ``MODEL_NAMES``) with a ``num_classes``-way linear head.
 
     Args:
-      name: ``cifar_resnet20/32/44/56/110``, ``resnet50`` or ``small_cnn``.
+      name: ``cifar_resnet8/20/32/44/56/110``, ``resnet50`` or ``small_cnn``.
       num_classes: number of output logits, >= 2.
       dataset: whose per-channel mean/std the first layer uses (default: cifar10 for CIFAR ResNets,
         imagenet for resnet50, digits for small_cnn).
       normalization: ``mean_std`` ((x - mean) / std), ``mean`` (x - mean, SmoothAdv's InputCenterLayer) or
         ``none``.
       mean, std: explicit per-channel statistics in pixel units; override ``dataset``.
-      **kwargs: model fields, e.g. ``width`` (CIFAR ResNets, small_cnn), ``barrier`` (None = automatic XLA:CPU
-        fusion barrier, see ``layers.fusion_barrier``), ``dtype``.
+      **kwargs: model fields, e.g. ``width`` (CIFAR ResNets, small_cnn), ``stage_sizes`` and ``base_width``
+        (resnet50), ``barrier`` (None = automatic XLA:CPU fusion barrier, see ``layers.fusion_barrier``),
+        ``dtype``.
 
     Returns:
       An unbound Flax module; ``module(images, train=False) -> (B, num_classes) logits``.

@@ -94,24 +94,30 @@ class CifarResNet(nn.Module):
 
 
 class ResNet50(nn.Module):
-    """torchvision's ResNet-50 for 224x224 ImageNet images in [0, 1]; (B, num_classes) logits."""
+    """torchvision's ResNet-50 for 224x224 ImageNet images in [0, 1]; (B, num_classes) logits.
+
+    ``stage_sizes`` (bottleneck blocks per stage) and ``base_width`` (channels of the stem and of the first stage's
+    bottleneck; stage s uses ``base_width * 2**s``, its blocks output 4x that) give smaller networks of the same
+    layout, e.g. for tests; the defaults are ResNet-50's.
+    """
 
     num_classes: int
     mean: Sequence[float]
     std: Sequence[float] | None
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    base_width: int = 64
     barrier: bool | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = Normalize(self.mean, self.std)(x)
-        x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)(x)
+        x = nn.Conv(self.base_width, (7, 7), 2, padding=3, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)(x)
         x = nn.relu(_BatchNorm(use_running_average=not train, dtype=self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(64 * 2**stage, strides, self.barrier, self.dtype)(x, train)
+                x = Bottleneck(self.base_width * 2**stage, strides, self.barrier, self.dtype)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
