@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from smoothjax import sound_noise
 from smoothjax.noise import check_sigma, gaussian_noise
 
 _INT32_MAX = 2**31 - 1
@@ -143,8 +144,8 @@ def _host_radius(p, *, sigma):
     return _round_down_f32(sigma * scipy.stats.norm.ppf(np.asarray(p, np.float64)))
 
 
-def _host_certify(n_a, n, *, alpha, sigma):
-    p64 = _lower_bound64(n_a, n, alpha)
+def _host_certify(n_a, n, *, alpha, sigma, slack=0.0):
+    p64 = _lower_bound64(n_a, n, alpha) - slack
     abstain = ~(p64 >= 0.5)  # NaN (invalid counts) abstains too.
     radius64 = sigma * scipy.stats.norm.ppf(np.where(abstain, 0.5, p64))
     radius = np.where(abstain, np.float32(0), _round_down_f32(radius64))
@@ -158,14 +159,12 @@ def _host_predict_abstains(n_a, n, *, alpha):
 def _callback(host_fn, out_dtypes, *args):
     """Elementwise float64 host computation over broadcast int32 arguments; jit- and vmap-safe."""
     args = jnp.broadcast_arrays(*(jnp.asarray(a).astype(jnp.int32) for a in args))
-    shape = args[0].shape
-    out = tuple(jax.ShapeDtypeStruct(shape, d) for d in out_dtypes)
-    return jax.pure_callback(lambda *a: tuple(np.asarray(r) for r in _tuple(host_fn(*a))), out, *args,
-                             vmap_method="expand_dims")
+    out = tuple(jax.ShapeDtypeStruct(args[0].shape, d) for d in out_dtypes)
 
-
-def _tuple(x):
-    return x if isinstance(x, tuple) else (x,)
+    def host(*a):
+        r = host_fn(*a)
+        return tuple(np.asarray(v) for v in (r if isinstance(r, tuple) else (r,)))
+    return jax.pure_callback(host, out, *args, vmap_method="expand_dims")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -223,7 +222,8 @@ def certified_radius(p_a_lower, sigma: float) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------- decisions from counts
-def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, alpha: float) -> Certificate:
+def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, alpha: float,
+                        slack: float = 0.0) -> Certificate:
     """CERTIFY's decision from class counts (no model): guess, lower bound, abstention and radius.
 
     Args:
@@ -231,6 +231,7 @@ def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, al
       counts_estimation: int (..., K) counts from the independent n estimation draws; n = their sum.
       sigma: noise level in pixel units, Python float > 0 (static).
       alpha: Python float in (0, 1) (static).
+      slack: subtracted from the float64 lower bound first (sound noise: ``sound_noise.certification_slack``).
 
     Returns:
       ``Certificate`` with fields of shape (...): abstain (prediction -1, radius 0) iff the (1 - alpha) lower
@@ -245,7 +246,7 @@ def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, al
     guess = jnp.argmax(sel, axis=-1).astype(jnp.int32)
     count = jnp.take_along_axis(est, guess[..., None], axis=-1)[..., 0].astype(jnp.int32)
     total = jnp.sum(est, axis=-1, dtype=jnp.int32)
-    p_lower, radius, abstain = _callback(functools.partial(_host_certify, alpha=alpha, sigma=sigma),
+    p_lower, radius, abstain = _callback(functools.partial(_host_certify, alpha=alpha, sigma=sigma, slack=slack),
                                          (jnp.float32, jnp.float32, jnp.bool_), count, total)
     prediction = jnp.where(abstain, jnp.int32(-1), guess)
     return Certificate(prediction, radius, p_lower, count, guess)
@@ -294,26 +295,28 @@ def _as_keys(key, x):
     return key
 
 
-def _counts_one(key, x, apply_fn, variables, sigma, num, batch_size, num_classes):
+def _chunk_counts(key, i, x, apply_fn, variables, sigma, chunk, num, num_classes, sound=False):
+    """Class counts (K,) of draws ``i * chunk ... i * chunk + chunk - 1`` of image x's stream (key); draws >= num
+    are masked. Draw j of the stream is the same whatever ``num``, so streams of different lengths share prefixes."""
+    noisy = (sound_noise.sound_noisy_copies(key, x, i * chunk, chunk, sigma) if sound
+             else x[None] + gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma, x.dtype))
+    logits = apply_fn(variables, noisy)
+    if logits.shape != (chunk, num_classes):
+        raise ValueError(f"apply_fn output shape {logits.shape} is not allowed; need (batch, {num_classes})")
+    pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    valid = i * chunk + jnp.arange(chunk, dtype=jnp.int32) < num
+    hits = (pred[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]) & valid[:, None]
+    return jnp.sum(hits, axis=0, dtype=jnp.int32)
+
+
+def _counts_one(key, x, apply_fn, variables, sigma, num, batch_size, num_classes, sound=False):
     chunk = min(batch_size, num)
-    num_chunks = -(-num // chunk)
-    classes = jnp.arange(num_classes, dtype=jnp.int32)
-
-    def body(i, counts):
-        noise = gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma, x.dtype)
-        logits = apply_fn(variables, x[None] + noise)
-        if logits.shape != (chunk, num_classes):
-            raise ValueError(f"apply_fn output shape {logits.shape} is not allowed; need (batch, {num_classes})")
-        pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        valid = i * chunk + jnp.arange(chunk, dtype=jnp.int32) < num
-        hits = (pred[:, None] == classes[None, :]) & valid[:, None]
-        return counts + jnp.sum(hits, axis=0, dtype=jnp.int32)
-
-    return jax.lax.fori_loop(0, num_chunks, body, jnp.zeros((num_classes,), jnp.int32))
+    body = lambda i, c: c + _chunk_counts(key, i, x, apply_fn, variables, sigma, chunk, num, num_classes, sound)
+    return jax.lax.fori_loop(0, -(-num // chunk), body, jnp.zeros((num_classes,), jnp.int32))
 
 
 def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: int, batch_size: int,
-                  num_classes: int) -> jax.Array:
+                  num_classes: int, sound: bool = False) -> jax.Array:
     """Counts of the base classifier's argmax over exactly ``num`` Gaussian-noised copies of each image.
 
     Args:
@@ -328,6 +331,7 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
         chunks (the last one masked); memory is bounded by it, not by ``num``. For a batch of B images each step
         evaluates B * batch_size copies (images are ``vmap``-ed, which keeps a sharded batch sharded); static.
       num_classes: K; static.
+      sound: static; draw ``smoothjax.sound_noise`` grid noise (x on the 1/255 grid) instead of float Gaussian noise.
 
     Returns:
       int32 counts (K,) for one image or (B, K) for a batch, each row summing to ``num``. Row i depends only on
@@ -338,13 +342,15 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
     num_classes = _check_int("num_classes", num_classes, 2)
     x = jnp.asarray(x)
     keys = _as_keys(key, x)
+    if sound:
+        sound_noise.check_on_grid(x)
     one = functools.partial(_counts_one, apply_fn=apply_fn, variables=variables, sigma=sigma, num=num,
-                            batch_size=batch_size, num_classes=num_classes)
+                            batch_size=batch_size, num_classes=num_classes, sound=bool(sound))
     return one(keys, x) if x.ndim == 3 else jax.vmap(one)(keys, x)
 
 
 def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 100, n: int = 100_000,
-            alpha: float = 0.001, batch_size: int = 1000, num_classes: int) -> Certificate:
+            alpha: float = 0.001, batch_size: int = 1000, num_classes: int, sound: bool = False) -> Certificate:
     """CERTIFY (Cohen et al. 2019, Algorithm 1) for one image or a batch.
 
     Each image's key is split into a selection key (``n0`` draws, guess ``c_A``) and an independent estimation
@@ -354,21 +360,23 @@ def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 10
     Returns:
       ``Certificate`` of scalars (one image) or of (B,) arrays. Guarantee: with probability >= 1 - alpha over the
       noise, a non-abstaining certificate is right: the smoothed classifier predicts ``prediction`` at every
-      point within L2 distance ``radius`` (pixel units) of x.
+      point within L2 distance ``radius`` (pixel units) of x. ``sound=True``: the same, in floating point, for the
+      smoothed ``f(fl32(Q(z)))`` of ``smoothjax.sound_noise`` (bound lowered by its ``certification_slack``).
     """
     sigma, alpha = _check_positive_sigma(sigma), _check_alpha(alpha)
     n0, n = _check_int("n0", n0, 1), _check_int("n", n, 1)
     x = jnp.asarray(x)
     keys = _as_keys(key, x)
     split = jax.vmap(jax.random.split)(keys) if keys.ndim else jax.random.split(keys)
-    common = dict(sigma=sigma, batch_size=batch_size, num_classes=num_classes)
+    common = dict(sigma=sigma, batch_size=batch_size, num_classes=num_classes, sound=sound)
     counts0 = sample_counts(split[..., 0], apply_fn, variables, x, num=n0, **common)
     counts = sample_counts(split[..., 1], apply_fn, variables, x, num=n, **common)
-    return certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha)
+    slack = sound_noise.certification_slack(sigma, x[0].size if x.ndim == 4 else x.size) if sound else 0.0
+    return certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha, slack=slack)
 
 
 def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alpha: float, batch_size: int,
-            num_classes: int) -> jax.Array:
+            num_classes: int, sound: bool = False) -> jax.Array:
     """PREDICT (Cohen et al. 2019, Algorithm 2) for one image or a batch.
 
     Draws ``n`` noisy copies per image (keys, shapes, units and static arguments as in ``sample_counts``) and
@@ -376,9 +384,16 @@ def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alph
 
     Returns:
       int32 class per image (scalar or (B,)), -1 to abstain. Guarantee: a non-abstaining answer differs from the
-      smoothed classifier's prediction g(x) with probability <= alpha.
+      smoothed classifier's prediction g(x) with probability <= alpha (+ n * certification_slack if ``sound``).
     """
     alpha, n = _check_alpha(alpha), _check_int("n", n, 1)
     counts = sample_counts(key, apply_fn, variables, x, sigma=sigma, num=n, batch_size=batch_size,
-                           num_classes=num_classes)
+                           num_classes=num_classes, sound=sound)
     return predict_from_counts(counts, alpha)
+
+
+def __getattr__(name):  # ``certification.certify_sequential`` lives in smoothjax.sequential (imported lazily).
+    if name == "certify_sequential":
+        from smoothjax.sequential import certify_sequential
+        return certify_sequential
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
