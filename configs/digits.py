@@ -24,6 +24,6 @@ def get_config():
     c.log_every_steps = 50
     # certify.py: the whole 360-image test split at sigma 0.25 with n = 10,000 (Cohen et al. use n = 100,000).
     c.certify.n = 10_000
-    c.certify.batch_size = 2_000
+    c.certify.batch_size = 250
     c.certify.images_per_step = 8
     return c

@@ -1,0 +1,52 @@
+"""Certifies (or predicts with) the Gaussian-smoothed classifier of a trained run, Cohen et al. (2019) style.
+
+  python certify.py --config=configs/digits.py --workdir=runs/digits
+  python certify.py --config=configs/cifar10.py:sigma=0.25 --workdir=runs/cifar10_s025 \\
+      --config.certify.skip=20 --config.certify.n=100000 --config.certify.batch_size=400
+
+Settings live in ``config.certify`` (sigma, n0, n, alpha, batch_size, skip, max, split, mode, seed,
+images_per_step); sigma defaults to the training sigma. Rows go to ``<workdir>/certify/<mode>_sigma_<sigma>.tsv``
+in the reference format as they finish; a killed run restarted with the same command continues where it stopped.
+At the end the certified-accuracy table (or prediction accuracy) of the whole log is printed.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory to certify.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO.
+    from smoothjax import analysis  # After flag parsing: JAX reads XLA_FLAGS on import.
+    from smoothjax.certify_loop import certify_workdir
+
+    try:
+        path = certify_workdir(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, OSError) as e:
+        if os.environ.get("SMOOTHJAX_DEBUG"):
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.exit(f"certify.py: error: {message}")
+    log = analysis.read_log(path)
+    if log.is_certification:
+        radii = analysis.default_radii([log])
+        sigma = path.stem.rsplit("_", 1)[-1]
+        print(analysis.markdown_table([log], [f"&sigma; = {sigma}"], radii, acr=True))
+        print(f"{len(log)} images; certified accuracy at radius 0: {analysis.certified_accuracy(log, [0.0])[0]:.3f}, "
+              f"average certified radius (ACR): {analysis.average_certified_radius(log):.3f}")
+    else:
+        summary = analysis.prediction_summary(log)
+        print(f"{summary.n} images; accuracy {summary.accuracy:.3f}, abstention rate {summary.abstention_rate:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

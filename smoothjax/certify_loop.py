@@ -1,0 +1,266 @@
+"""The job behind ``certify.py``: CERTIFY or PREDICT every selected test image of a trained run, resumably.
+
+Rows go to ``workdir/certify/<mode>_sigma_<sigma>.tsv`` in the format of Cohen et al.'s reference code
+(``idx label predict radius correct time``; predict mode drops ``radius``), so their analysis scripts read our
+files and ours read theirs. Image ``idx`` gets the key ``fold_in(key(seed), idx)``: its result does not depend on
+batching, device count or restarts. A sidecar ``<log>.json`` records the settings the rows were made with; a
+restarted job checks them, drops a torn last line, and continues after the last complete row. Every check (settings,
+checkpoint, data, compilation) runs before the first byte is written, and a log is written by one process at a time
+(an exclusive ``flock``), so a bad command never touches an existing log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from smoothjax import certification, checkpointing, data, parallel
+from smoothjax.models import make_apply_fn
+from smoothjax.reporting import Reporter
+
+HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime"}
+
+
+def format_sigma(sigma: float) -> str:
+    """The sigma part of a log name: two decimals like the reference (``0.25``, ``1.00``), else ``repr``."""
+    return f"{sigma:.2f}" if round(sigma, 2) == sigma else repr(sigma)
+
+
+def log_path(workdir, mode: str, sigma: float) -> Path:
+    """``<workdir>/certify/<mode>_sigma_<sigma>.tsv``, the log ``certify_workdir`` writes."""
+    return Path(workdir) / "certify" / f"{mode}_sigma_{format_sigma(sigma)}.tsv"
+
+
+def _validate(cc, sigma: float) -> None:
+    """One-line ValueError naming the first bad ``config.certify`` value."""
+    if cc.mode not in HEADERS:
+        raise ValueError(f"certify.mode={cc.mode!r} is not allowed; choose one of: certify, predict")
+    if not (sigma > 0 and np.isfinite(sigma)):
+        raise ValueError(f"certify.sigma={sigma} is not allowed; sigma must be a finite number > 0 (pixel units)")
+    if not 0 < cc.alpha < 1:
+        raise ValueError(f"certify.alpha={cc.alpha} is not allowed; alpha must be in (0, 1)")
+    for name in ("n0", "n", "batch_size", "skip", "images_per_step"):
+        value = cc.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"certify.{name}={value!r} is not allowed; it must be an integer >= 1")
+    if isinstance(cc.max, bool) or not isinstance(cc.max, int) or not (cc.max == -1 or cc.max >= 1):
+        raise ValueError(f"certify.max={cc.max!r} is not allowed; use -1 (all images) or an integer >= 1")
+    if cc.get("attack", "none") != "none":  # Never silently certify without the attack that was asked for.
+        raise ValueError(f"certify.attack={cc.attack!r} is not supported by certify.py yet; only 'none' is")
+
+
+def _latest_step(workdir) -> int:
+    """The newest checkpoint step of ``workdir``, read without creating or cleaning anything."""
+    directory = Path(workdir).absolute() / "checkpoints"
+    step = None
+    if directory.is_dir():
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+        step = manager.latest_step()
+        manager.close()
+    if step is None:
+        raise ValueError(f"no checkpoint in {directory}; train first (train.py --workdir={workdir})")
+    return int(step)
+
+
+def _load_model(workdir, step: int):
+    try:
+        return checkpointing.load_model(workdir, step)
+    except Exception as e:  # orbax raises many types (ValueError too) for an empty or half-deleted checkpoint.
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"checkpoint {Path(workdir).absolute() / 'checkpoints' / str(step)} cannot be loaded "
+                         f"({type(e).__name__}: {first}); it is empty or damaged, train again or delete it") from None
+
+
+@contextlib.contextmanager
+def _orbax_errors_only():
+    """Silences absl warnings (orbax's) for a while: a damaged checkpoint gets one clear error line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _settings(config, cc, sigma: float, step: int, num_examples: int) -> dict:
+    """Everything that changes the rows: a log is only ever continued with equal settings."""
+    keys = ("n0", "n", "alpha", "batch_size", "skip", "seed") if cc.mode == "certify" else (
+        "n", "alpha", "batch_size", "skip", "seed")
+    data_path = config.get("data_path") or ""
+    return {"mode": cc.mode, "sigma": sigma, "dataset": config.dataset, "split": cc.split,
+            "data_path": str(Path(data_path).absolute()) if data_path else "", "num_examples": num_examples,
+            "checkpoint_step": step, **{k: cc[k] for k in keys}}
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    """Read-only: raises unless the existing log at ``path`` was made with exactly ``settings``."""
+    meta = _sidecar(path)
+    if not meta.exists():
+        raise ValueError(f"{path} exists but {meta.name} (its settings) does not, so it may come from another run "
+                         "or code; move it away or choose another workdir")
+    try:
+        old = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta} is unreadable ({type(e).__name__}); move {path.name} and it away") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{meta} is not a settings file; move {path.name} and it away")
+    diff = [f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings), key=str)
+            if old.get(k) != settings.get(k)]
+    if diff:
+        raise ValueError(f"{path} was made with other settings ({', '.join(diff)}); move it away or choose another "
+                         "workdir")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _open_log(path: Path, header: str, settings: dict):
+    """Opens (creating it if needed) the log for appending under an exclusive lock; returns (file, done indices).
+
+    A torn last line (no newline: the previous run was killed while writing it) is cut off; every complete row
+    is kept. Raises before changing anything when the file belongs to other settings, is not a log of this
+    format, or is being written by another process.
+    """
+    if path.exists():
+        _check_settings(path, settings)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(_sidecar(path), json.dumps(settings, indent=2) + "\n")
+        _write_atomically(path, header + "\n")
+    f = open(path, "r+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{path} is being written by another certify.py process; wait for it or stop it") from None
+    try:
+        raw = f.read()
+        if not raw.startswith(header.encode() + b"\n"):
+            raise ValueError(f"{path} does not start with the header {header!r}; move it away")
+        complete = raw[: raw.rfind(b"\n") + 1]
+        done = set()
+        width = header.count("\t") + 1
+        for number, line in enumerate(complete.splitlines()[1:], start=2):
+            fields = line.split(b"\t")
+            if len(fields) != width or not fields[0].isdigit():
+                raise ValueError(f"{path}: line {number} ({line[:60]!r}) is not a row of {width} fields; the log "
+                                 "is damaged, move it away")
+            done.add(int(fields[0]))
+        if len(complete) != len(raw):
+            f.truncate(len(complete))
+        f.seek(0, os.SEEK_END)
+    except BaseException:
+        f.close()
+        raise
+    return f, done
+
+
+def certify_workdir(config, workdir: str) -> Path:
+    """Runs CERTIFY (or PREDICT) of ``config.certify`` on the newest checkpoint of ``workdir``; returns the log path.
+
+    Settings (``config.certify``): ``sigma`` (None = the training sigma; pixel units), ``n0``, ``n``, ``alpha``,
+    ``batch_size`` (noisy copies of one image per forward pass), ``skip`` (every skip-th image of the split),
+    ``max`` (at most this many of those, -1 = all), ``split``, ``mode`` (``certify`` or ``predict``), ``seed``,
+    ``images_per_step`` (images evaluated together, rounded up to a multiple of the device count). Runs in one
+    process over all its local devices (a batch of images sharded over them, the model replicated).
+
+    Image ``idx`` is evaluated with key ``fold_in(key(seed), idx)`` by ``certification.certify`` / ``predict``,
+    so each row is independent of ``images_per_step``, devices and restarts. Rows are appended to
+    ``log_path(workdir, mode, sigma)`` (and flushed to disk) as each step finishes; indices already in the log are
+    skipped. Guarantee of each certify row: see ``certification.certify``. Raises a one-line ValueError, having
+    written nothing, on bad settings, a missing or damaged checkpoint, data that does not fit the model, or a log
+    in the way that was made with other settings.
+    """
+    cc = config.certify
+    spec = checkpointing.read_model_spec(workdir)
+    if spec is None:
+        raise ValueError(f"{workdir} has no model.json: not a smoothjax training workdir (train.py --workdir=...)")
+    if cc.sigma is None and spec.get("sigma") is None:
+        raise ValueError(f"{workdir}/model.json records no training sigma; pass --config.certify.sigma=<sigma>")
+    sigma = float(spec["sigma"] if cc.sigma is None else cc.sigma)
+    _validate(cc, sigma)
+    with _orbax_errors_only():
+        step = _latest_step(workdir)
+        model, variables = _load_model(workdir, step)
+    src = data.get_source(config.dataset, cc.split, data_dir=config.get("data_dir") or None,
+                          path=config.get("data_path") or None)
+    if list(src.image_shape) != list(spec["image_shape"]):
+        raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} has images of shape "
+                         f"{tuple(src.image_shape)}; the model in {workdir} takes {tuple(spec['image_shape'])}")
+    if len(src) == 0:
+        raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
+    indices = list(range(0, len(src), cc.skip))
+    indices = indices[: cc.max] if cc.max > 0 else indices
+    out = log_path(workdir, cc.mode, sigma)
+    settings = _settings(config, cc, sigma, step, len(src))
+    if out.exists():
+        _check_settings(out, settings)  # Fail fast; checked again under the lock below.
+
+    mesh = parallel.make_mesh()
+    per_step = -(-cc.get("images_per_step", 1) // mesh.devices.size) * mesh.devices.size
+    common = dict(sigma=sigma, alpha=cc.alpha, batch_size=cc.batch_size, num_classes=int(spec["num_classes"]))
+    apply_fn = make_apply_fn(model)
+
+    def evaluate(v, idx, x):
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cc.seed), i))(idx)
+        if cc.mode == "certify":
+            cert = certification.certify(keys, apply_fn, v, x, n0=cc.n0, n=cc.n, **common)
+            return cert.prediction, cert.radius
+        return certification.predict(keys, apply_fn, v, x, n=cc.n, **common), jnp.zeros_like(idx, jnp.float32)
+
+    batch, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    variables = jax.device_put(variables, repl)
+    shapes = (jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=batch),
+              jax.ShapeDtypeStruct((per_step, *src.image_shape), jnp.float32, sharding=batch))
+    # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
+    run = jax.jit(evaluate, in_shardings=(repl, batch, batch), out_shardings=repl).lower(variables, *shapes).compile()
+
+    log, done = _open_log(out, HEADERS[cc.mode], settings)
+    todo = [i for i in indices if i not in done]
+    samples = cc.n + (cc.n0 if cc.mode == "certify" else 0)
+    reporter = Reporter(None, total=len(indices), initial=len(indices) - len(todo), unit="image",
+                        description=cc.mode)
+    reporter.write(f"{cc.mode}: {len(todo)} of {len(indices)} {config.dataset} {cc.split} images to go (checkpoint "
+                   f"{step}, sigma={sigma}, n={cc.n}, alpha={cc.alpha}, {per_step} images per step on "
+                   f"{mesh.devices.size} devices) -> {out}")
+    try:
+        for start in range(0, len(todo), per_step):
+            chunk = todo[start:start + per_step]
+            padded = np.asarray(chunk + [chunk[-1]] * (per_step - len(chunk)), np.int32)
+            images, labels = src.get_batch(padded)
+            t0 = time.perf_counter()
+            predictions, radii = jax.device_get(run(variables, jax.device_put(padded, batch),
+                                                    jax.device_put(np.asarray(images, np.float32), batch)))
+            seconds = time.perf_counter() - t0
+            rows = []
+            for j, idx in enumerate(chunk):
+                pred, label = int(predictions[j]), int(labels[j])
+                fields = [idx, label, pred] + ([f"{float(radii[j]):.3}"] if cc.mode == "certify" else [])
+                fields += [int(pred == label), str(datetime.timedelta(seconds=seconds / len(chunk)))]
+                rows.append("\t".join(map(str, fields)) + "\n")
+            log.write("".join(rows).encode())
+            log.flush()
+            os.fsync(log.fileno())
+            reporter.advance(len(chunk), samples_per_s=samples * len(chunk) / max(seconds, 1e-9))
+    finally:
+        reporter.close()
+        log.close()
+    return out
