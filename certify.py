@@ -8,6 +8,25 @@ Settings live in ``config.certify`` (sigma, n0, n, alpha, batch_size, skip, max,
 images_per_step); sigma defaults to the training sigma. Rows go to ``<workdir>/certify/<mode>_sigma_<sigma>.tsv``
 in the reference format as they finish; a killed run restarted with the same command continues where it stopped.
 At the end the certified-accuracy table (or prediction accuracy) of the whole log is printed.
+
+Sequential certification (anytime-valid; stops once the radius grid is settled, logs ``samples`` per image):
+
+  python certify.py --config=configs/digits.py --workdir=runs/digits --config.certify.mode=sequential \
+      --config.certify.radii=0,0.25,0.5,0.75 --config.certify.max_samples=100000 --config.certify.cs_method=betting
+
+``--config.certify.sound=True`` (certify, predict, sequential) uses exact 1/255-grid noise: inputs not on that grid
+(the digits are k/16) are rounded to it first, and the certificate is for the rounded image.
+``--config.certify.randomized_cp=True`` (certify) uses the randomized Clopper-Pearson bound. Both write separately
+named logs (``certify_sound_sigma_0.25.tsv``, ``certify_randomized_sigma_0.25.tsv``); see smoothjax/certify_modes.py.
+
+Empirical robustness (SmoothAdv's ``predict.py``): in predict mode, ``certify.attack=pgd|ddn`` attacks each image
+within L2 ``certify.epsilon`` (pixel units) with ``num_steps`` (default 20) steps and ``num_noise_vec`` noise draws
+(``no_grad_attack``, ``base_attack``: attack the base classifier without noise), then runs PREDICT on the result;
+the log is ``predict_pgd_eps_0.5_steps_20_m_8_sigma_0.25.tsv`` and its accuracy is the empirical robust accuracy at
+radius epsilon (``python -m smoothjax.empirical_robustness LOGS --certified CERTIFY_LOG`` tabulates several):
+
+  python certify.py --config=configs/cifar10_smoothadv.py:sigma=0.25 --workdir=runs/c10 --config.certify.mode=predict \
+      --config.certify.n=1000 --config.certify.attack=pgd --config.certify.epsilon=0.5 --config.certify.num_noise_vec=8
 """
 
 import os
@@ -26,7 +45,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO.
-    from smoothjax import analysis  # After flag parsing: JAX reads XLA_FLAGS on import.
+    from smoothjax import analysis, empirical_robustness  # After flag parsing: JAX reads XLA_FLAGS on import.
     from smoothjax.certify_loop import certify_workdir
 
     try:
@@ -43,9 +62,14 @@ def main(argv):
         print(analysis.markdown_table([log], [f"&sigma; = {sigma}"], radii, acr=True))
         print(f"{len(log)} images; certified accuracy at radius 0: {analysis.certified_accuracy(log, [0.0])[0]:.3f}, "
               f"average certified radius (ACR): {analysis.average_certified_radius(log):.3f}")
+        if (samples := analysis.samples_summary(log)) is not None:  # sequential mode
+            print(analysis.format_samples_summary(samples))
     else:
         summary = analysis.prediction_summary(log)
         print(f"{summary.n} images; accuracy {summary.accuracy:.3f}, abstention rate {summary.abstention_rate:.3f}")
+        if (attacked := empirical_robustness.parse_attack(path)) is not None:
+            print(f"empirical robust accuracy at radius {attacked['epsilon']} ({attacked['attack']}): "
+                  f"{summary.accuracy:.3f}")
 
 
 if __name__ == "__main__":

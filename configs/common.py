@@ -20,7 +20,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_classes = 0  # 0 = from the data source
     # Randomized smoothing: noise level in pixel units (images in [0, 1]).
     c.sigma = 0.25
-    c.loss = "gaussian"
+    c.loss = "gaussian"  # gaussian | smoothadv
+    # SmoothAdv (loss='smoothadv', Salman et al. 2019): attack the soft smoothed classifier, train on x_adv + noise.
+    c.attack = "pgd"  # none | pgd | ddn
+    c.epsilon = 0.25  # L2 budget in pixel units (the reference's --epsilon 64 = 64/256)
+    c.num_steps = 1  # attack steps T
+    c.num_noise_vec = 1  # m, noise draws per image for the attack
+    c.train_multi_noise = False  # cross-entropy on all m noisy copies (else on the first)
+    c.no_grad_attack = False  # PGD with the gradient-free estimate (m >= 2)
+    c.warmup = 1  # epochs of linear epsilon warm-up
+    c.ddn_gamma = 0.05
+    # Fine-tuning: a trained run's workdir to start from (new classifier head when the class count differs).
+    c.init_from = ""
+    # Self-training: a teacher run's workdir pseudo-labels self_training_dataset; its batches alternate with
+    # labelled ones and their loss is multiplied by self_training_weight.
+    c.self_training_teacher = ""
+    c.self_training_dataset = ""
+    c.self_training_split = "train"
+    c.self_training_data_path = ""
+    c.self_training_weight = 1.0
     # Optimisation (Cohen et al. CIFAR-10 recipe).
     c.batch_size = 256
     c.eval_batch_size = 500
@@ -44,5 +62,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.certify = ml_collections.ConfigDict({
         "sigma": ml_collections.config_dict.placeholder(float), "n0": 100, "n": 100_000, "alpha": 0.001,
         "batch_size": 1000, "skip": 1, "max": -1, "split": "test", "mode": "certify", "seed": 0,
-        "images_per_step": 1})
+        "images_per_step": 1,
+        # Predict mode only: attack each image first (SmoothAdv's predict.py). epsilon in pixel L2 units;
+        # num_noise_vec = m draws for the attack; base_attack = attack the base classifier without noise.
+        "attack": "none", "epsilon": 0.0, "num_steps": 20, "num_noise_vec": 1, "no_grad_attack": False,
+        "base_attack": False,
+        # Sequential mode (mode='sequential', smoothjax.sequential): stop once the radius grid is settled. radii:
+        # '' = 0, 0.25, ... up to 3 sigma; else '0,0.25,0.5' or 'start:stop:step'. cs_method: betting | union.
+        "radii": "", "max_samples": 100_000, "cs_method": "betting",
+        # sound: exact grid noise (smoothjax.sound_noise), inputs rounded to the 1/255 grid; randomized_cp: the
+        # randomized Clopper-Pearson bound (mode='certify'); both write separately named logs.
+        "sound": False, "randomized_cp": False})
     return c

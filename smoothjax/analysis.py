@@ -4,8 +4,10 @@ A *certification log* is a tab-separated file with header ``idx label predict ra
 a *prediction log* has ``idx label predict correct time``. ``predict == -1`` means the smoothed
 classifier abstained. ``time`` is seconds (``15.4``) or a ``str(datetime.timedelta)``
 (``0:00:01.737771``, ``1 day, 2:03:04.5``). Extra columns (anywhere, e.g. a samples-used column) are
-kept in ``EvalLog.extra``. The markdown / LaTeX tables reproduce, byte for byte, the layout of the
-reference ``analysis/{markdown,latex}/vary_noise_*`` files of locuslab/smoothing.
+kept in ``EvalLog.extra``; a ``samples`` column (sequential certification) is summarised per image by
+``samples_summary`` (from ``smoothjax.sample_usage``), also printed by the command line. The markdown /
+LaTeX tables reproduce, byte for byte, the layout of the reference ``analysis/{markdown,latex}/vary_noise_*``
+files of locuslab/smoothing.
 
 Command line::
 
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from smoothjax.sample_usage import format_samples_summary, samples_summary
 
 _INT_COLUMNS = ("idx", "label", "predict")
 _REQUIRED = ("idx", "label", "predict", "correct", "time")
@@ -367,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(table(cert_logs, cert_labels, radii, acr=not args.no_acr))
         elif args.radii:
             parse_radii(args.radii)  # still reject malformed input
+        for log, label in zip(logs, labels):  # Sequential logs: samples per image, next to the table.
+            if (samples := samples_summary(log)) is not None:
+                print(format_samples_summary(samples, label))
         for log, label in pred:
             s = prediction_summary(log)
             print(f"{label}: n={s.n} accuracy={s.accuracy:.4f} abstention={s.abstention_rate:.4f} "

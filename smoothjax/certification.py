@@ -392,8 +392,8 @@ def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alph
     return predict_from_counts(counts, alpha)
 
 
-def __getattr__(name):  # ``certification.certify_sequential`` lives in smoothjax.sequential (imported lazily).
-    if name == "certify_sequential":
-        from smoothjax.sequential import certify_sequential
-        return certify_sequential
+def __getattr__(name):  # ``certify_sequential`` / ``certify_randomized`` live in their own modules (lazy imports).
+    if name in ("certify_sequential", "certify_randomized"):
+        from smoothjax import randomized_certification, sequential
+        return getattr(sequential if name == "certify_sequential" else randomized_certification, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,13 +6,15 @@ files and ours read theirs. Image ``idx`` gets the key ``fold_in(key(seed), idx)
 batching, device count or restarts. A sidecar ``<log>.json`` records the settings the rows were made with; a
 restarted job checks them, drops a torn last line, and continues after the last complete row. Every check (settings,
 checkpoint, data, compilation) runs before the first byte is written, and a log is written by one process at a time
-(an exclusive ``flock``), so a bad command never touches an existing log.
+(an exclusive ``flock``), so a bad command never touches an existing log. Sequential mode (extra ``samples``
+column), sound noise and randomized Clopper-Pearson (separately named logs) are in ``smoothjax.certify_modes``.
+Predict mode with ``certify.attack`` (``pgd``/``ddn``) attacks each image first (SmoothAdv's ``predict.py``) and
+names the log after the attack (``smoothjax.empirical_robustness``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import json
 import os
@@ -25,11 +27,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from smoothjax import certification, checkpointing, data, parallel
+from smoothjax import certification, certify_modes, checkpointing, data, empirical_robustness, parallel
 from smoothjax.models import make_apply_fn
 from smoothjax.reporting import Reporter
 
-HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime"}
+HEADERS = certify_modes.HEADERS  # certify, predict, sequential (+ samples column)
 
 
 def format_sigma(sigma: float) -> str:
@@ -37,15 +39,16 @@ def format_sigma(sigma: float) -> str:
     return f"{sigma:.2f}" if round(sigma, 2) == sigma else repr(sigma)
 
 
-def log_path(workdir, mode: str, sigma: float) -> Path:
-    """``<workdir>/certify/<mode>_sigma_<sigma>.tsv``, the log ``certify_workdir`` writes."""
-    return Path(workdir) / "certify" / f"{mode}_sigma_{format_sigma(sigma)}.tsv"
+def log_path(workdir, mode: str, sigma: float, variants=()) -> Path:
+    """``<workdir>/certify/<mode>[_<variant>...]_sigma_<sigma>.tsv``, the log ``certify_workdir`` writes; variants
+    (``certify_modes.log_variants``: ``sound``, ``randomized``) keep such runs apart from the plain ones."""
+    return Path(workdir) / "certify" / f"{'_'.join((mode, *variants))}_sigma_{format_sigma(sigma)}.tsv"
 
 
 def _validate(cc, sigma: float) -> None:
     """One-line ValueError naming the first bad ``config.certify`` value."""
     if cc.mode not in HEADERS:
-        raise ValueError(f"certify.mode={cc.mode!r} is not allowed; choose one of: certify, predict")
+        raise ValueError(f"certify.mode={cc.mode!r} is not allowed; choose one of: certify, predict, sequential")
     if not (sigma > 0 and np.isfinite(sigma)):
         raise ValueError(f"certify.sigma={sigma} is not allowed; sigma must be a finite number > 0 (pixel units)")
     if not 0 < cc.alpha < 1:
@@ -56,8 +59,8 @@ def _validate(cc, sigma: float) -> None:
             raise ValueError(f"certify.{name}={value!r} is not allowed; it must be an integer >= 1")
     if isinstance(cc.max, bool) or not isinstance(cc.max, int) or not (cc.max == -1 or cc.max >= 1):
         raise ValueError(f"certify.max={cc.max!r} is not allowed; use -1 (all images) or an integer >= 1")
-    if cc.get("attack", "none") != "none":  # Never silently certify without the attack that was asked for.
-        raise ValueError(f"certify.attack={cc.attack!r} is not supported by certify.py yet; only 'none' is")
+    certify_modes.validate(cc, sigma)  # sequential / sound / randomized_cp settings
+    empirical_robustness.validate(cc)  # attack settings (predict mode only)
 
 
 def _latest_step(workdir) -> int:
@@ -97,10 +100,12 @@ def _settings(config, cc, sigma: float, step: int, num_examples: int) -> dict:
     """Everything that changes the rows: a log is only ever continued with equal settings."""
     keys = ("n0", "n", "alpha", "batch_size", "skip", "seed") if cc.mode == "certify" else (
         "n", "alpha", "batch_size", "skip", "seed")
+    keys = () if cc.mode == "sequential" else keys  # certify_modes.settings has the sequential ones.
     data_path = config.get("data_path") or ""
     return {"mode": cc.mode, "sigma": sigma, "dataset": config.dataset, "split": cc.split,
             "data_path": str(Path(data_path).absolute()) if data_path else "", "num_examples": num_examples,
-            "checkpoint_step": step, **{k: cc[k] for k in keys}}
+            "checkpoint_step": step, **{k: cc[k] for k in keys}, **certify_modes.settings(cc, sigma),
+            **empirical_robustness.settings(cc)}
 
 
 def _sidecar(path: Path) -> Path:
@@ -178,14 +183,16 @@ def certify_workdir(config, workdir: str) -> Path:
 
     Settings (``config.certify``): ``sigma`` (None = the training sigma; pixel units), ``n0``, ``n``, ``alpha``,
     ``batch_size`` (noisy copies of one image per forward pass), ``skip`` (every skip-th image of the split),
-    ``max`` (at most this many of those, -1 = all), ``split``, ``mode`` (``certify`` or ``predict``), ``seed``,
+    ``max`` (at most this many of those, -1 = all), ``split``, ``mode`` (``certify``, ``predict`` or ``sequential``:
+    ``radii``, ``max_samples``, ``cs_method``), ``sound``, ``randomized_cp`` (see ``certify_modes``), ``seed``,
     ``images_per_step`` (images evaluated together, rounded up to a multiple of the device count). Runs in one
     process over all its local devices (a batch of images sharded over them, the model replicated).
 
     Image ``idx`` is evaluated with key ``fold_in(key(seed), idx)`` by ``certification.certify`` / ``predict``,
     so each row is independent of ``images_per_step``, devices and restarts. Rows are appended to
-    ``log_path(workdir, mode, sigma)`` (and flushed to disk) as each step finishes; indices already in the log are
-    skipped. Guarantee of each certify row: see ``certification.certify``. Raises a one-line ValueError, having
+    ``log_path(workdir, mode, sigma, certify_modes.log_variants(cc))`` (and flushed to disk) as each step
+    finishes; indices already in the log are skipped. Guarantee of each certify row: see ``certification.certify``
+    (sequential rows: ``sequential.certify_sequential``). Raises a one-line ValueError, having
     written nothing, on bad settings, a missing or damaged checkpoint, data that does not fit the model, or a log
     in the way that was made with other settings.
     """
@@ -209,7 +216,7 @@ def certify_workdir(config, workdir: str) -> Path:
         raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
     indices = list(range(0, len(src), cc.skip))
     indices = indices[: cc.max] if cc.max > 0 else indices
-    out = log_path(workdir, cc.mode, sigma)
+    out = log_path(workdir, cc.mode, sigma, certify_modes.log_variants(cc) + empirical_robustness.log_variants(cc))
     settings = _settings(config, cc, sigma, step, len(src))
     if out.exists():
         _check_settings(out, settings)  # Fail fast; checked again under the lock below.
@@ -218,9 +225,18 @@ def certify_workdir(config, workdir: str) -> Path:
     per_step = -(-cc.get("images_per_step", 1) // mesh.devices.size) * mesh.devices.size
     common = dict(sigma=sigma, alpha=cc.alpha, batch_size=cc.batch_size, num_classes=int(spec["num_classes"]))
     apply_fn = make_apply_fn(model)
+    sound = bool(cc.get("sound", False))
+    if sound:
+        common["sound"] = True  # exact grid noise; inputs are rounded to the grid below (certify_modes)
+    special = certify_modes.evaluator(cc, sigma, apply_fn, int(spec["num_classes"]))
+    attack = empirical_robustness.attacker(cc, apply_fn, sigma)  # None unless predict mode with an attack
 
-    def evaluate(v, idx, x):
+    def evaluate(v, idx, x, y):
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cc.seed), i))(idx)
+        if attack is not None:  # PREDICT on the adversarial image (keys: independent streams per image)
+            x = attack(keys, v, x, y)
+        if special is not None:  # sequential mode or randomized Clopper-Pearson: (prediction, radius, samples)
+            return special(keys, v, x)
         if cc.mode == "certify":
             cert = certification.certify(keys, apply_fn, v, x, n0=cc.n0, n=cc.n, **common)
             return cert.prediction, cert.radius
@@ -229,37 +245,46 @@ def certify_workdir(config, workdir: str) -> Path:
     batch, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     variables = jax.device_put(variables, repl)
     shapes = (jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=batch),
-              jax.ShapeDtypeStruct((per_step, *src.image_shape), jnp.float32, sharding=batch))
+              jax.ShapeDtypeStruct((per_step, *src.image_shape), jnp.float32, sharding=batch),
+              jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=batch))
     # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
-    run = jax.jit(evaluate, in_shardings=(repl, batch, batch), out_shardings=repl).lower(variables, *shapes).compile()
+    run = jax.jit(evaluate, in_shardings=(repl, batch, batch, batch), out_shardings=repl).lower(variables,
+                                                                                             *shapes).compile()
 
     log, done = _open_log(out, HEADERS[cc.mode], settings)
     todo = [i for i in indices if i not in done]
     samples = cc.n + (cc.n0 if cc.mode == "certify" else 0)
     reporter = Reporter(None, total=len(indices), initial=len(indices) - len(todo), unit="image",
                         description=cc.mode)
+    n = cc.max_samples if cc.mode == "sequential" else cc.n
     reporter.write(f"{cc.mode}: {len(todo)} of {len(indices)} {config.dataset} {cc.split} images to go (checkpoint "
-                   f"{step}, sigma={sigma}, n={cc.n}, alpha={cc.alpha}, {per_step} images per step on "
+                   f"{step}, sigma={sigma}, n={n}, alpha={cc.alpha}, {per_step} images per step on "
                    f"{mesh.devices.size} devices) -> {out}")
+    for line in certify_modes.describe(cc, sigma):
+        reporter.write(line)
+    rounded_note = sound
     try:
         for start in range(0, len(todo), per_step):
             chunk = todo[start:start + per_step]
             padded = np.asarray(chunk + [chunk[-1]] * (per_step - len(chunk)), np.int32)
             images, labels = src.get_batch(padded)
+            images, moved = certify_modes.prepare_images(images, sound)
+            if rounded_note and moved > 0:
+                reporter.write(f"sound: {config.dataset} images are off the 1/255 grid; they are rounded to it "
+                               f"(pixels move by up to {moved:.5f}) and each certificate is for the rounded image")
+                rounded_note = False
             t0 = time.perf_counter()
-            predictions, radii = jax.device_get(run(variables, jax.device_put(padded, batch),
-                                                    jax.device_put(np.asarray(images, np.float32), batch)))
+            out_arrays = jax.device_get(run(variables, jax.device_put(padded, batch), jax.device_put(images, batch),
+                                            jax.device_put(np.asarray(labels, np.int32), batch)))
             seconds = time.perf_counter() - t0
-            rows = []
-            for j, idx in enumerate(chunk):
-                pred, label = int(predictions[j]), int(labels[j])
-                fields = [idx, label, pred] + ([f"{float(radii[j]):.3}"] if cc.mode == "certify" else [])
-                fields += [int(pred == label), str(datetime.timedelta(seconds=seconds / len(chunk)))]
-                rows.append("\t".join(map(str, fields)) + "\n")
+            predictions, radii = out_arrays[:2]
+            used = out_arrays[2][:len(chunk)] if len(out_arrays) > 2 else np.full(len(chunk), samples)
+            rows = [certify_modes.format_row(cc.mode, idx, int(labels[j]), int(predictions[j]), float(radii[j]),
+                                             used[j], seconds / len(chunk)) for j, idx in enumerate(chunk)]
             log.write("".join(rows).encode())
             log.flush()
             os.fsync(log.fileno())
-            reporter.advance(len(chunk), samples_per_s=samples * len(chunk) / max(seconds, 1e-9))
+            reporter.advance(len(chunk), samples_per_s=float(np.sum(used)) / max(seconds, 1e-9))
     finally:
         reporter.close()
         log.close()
