@@ -4,7 +4,14 @@
 pipeline, model and a jitted data-parallel train step over all devices of all processes, resumes from the
 newest checkpoint in ``workdir`` if there is one, trains, evaluates clean and noisy accuracy, and returns the
 final metrics. The loss is chosen by ``config.loss`` from ``LOSSES``, so adversarial-training variants register a
-loss instead of copying this loop.
+loss instead of copying this loop; each step's batch also carries ``epoch`` (an int32 scalar, for schedules such as
+SmoothAdv's epsilon warm-up). Options: ``init_from`` (a trained run's workdir: fine-tune from its newest checkpoint,
+new classifier head when the class count differs; ``smoothjax.finetuning``) and ``self_training_teacher``
+(alternate labelled batches with pseudo-labelled batches of another source; ``smoothjax.self_training``).
+Optimiser options ``nesterov``, ``grad_clip_norm`` (global-norm clipping, 0 = off), ``lr_schedule='multistep'`` with
+``lr_milestones`` (epochs); ``keep_best_by`` (an evaluation metric, e.g. ``clean_accuracy``) keeps the best state in
+``workdir/best`` (``smoothjax.best_checkpoint``). Stochastic (SIAM) models are evaluated as smoothed classifiers
+(``siam.eval_apply_fn``).
 """
 
 from __future__ import annotations
@@ -17,14 +24,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from smoothjax import checkpointing, data, parallel, training
-from smoothjax.models import get_model, make_apply_fn
+from smoothjax import (best_checkpoint, checkpointing, data, finetuning, parallel, self_training, siam, smoothadv,
+                       training)
+from smoothjax.models import get_model
 from smoothjax.noise import check_sigma
 from smoothjax.reporting import Reporter
 
 # config.loss -> factory(model, config) returning a loss_fn(params, model_state, batch, key).
 LOSSES: dict[str, Callable] = {
     "gaussian": lambda model, config: training.gaussian_augmentation_loss(model, config.sigma),
+    "smoothadv": smoothadv.loss_from_config,
+    "siam": siam.loss_from_config,
 }
 
 
@@ -45,6 +55,28 @@ def _setup(config):
             "image_shape": list(train_src.image_shape), "sigma": float(config.sigma),
             "train_dataset": config.dataset}
     return train_src, eval_src, model, spec
+
+
+def _self_training_setup(config, train_src, spec, loader):
+    """The unlabelled loader, teacher ``(apply_fn, variables)`` and loss weight, or None without self-training."""
+    teacher = config.get("self_training_teacher") or ""
+    if not teacher:
+        return None
+    weight = config.get("self_training_weight", 1.0)
+    if not (isinstance(weight, (int, float)) and weight >= 0):
+        raise ValueError(f"self_training_weight={weight!r} is not allowed; it must be a number >= 0")
+    src = data.get_source(config.self_training_dataset, config.get("self_training_split") or "train",
+                          data_dir=config.get("data_dir") or None, path=config.get("self_training_data_path") or None)
+    if list(src.image_shape) != list(train_src.image_shape):
+        raise ValueError(f"self_training_dataset {config.self_training_dataset!r} has images of shape "
+                         f"{tuple(src.image_shape)}, the labelled data {tuple(train_src.image_shape)}")
+    unlabelled = data.Loader(src, global_batch_size=config.batch_size, seed=config.seed + 1, augment=loader.augment,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    apply_fn, variables = self_training.load_teacher(teacher, image_shape=spec["image_shape"],
+                                                     num_classes=spec["num_classes"])
+    mesh = parallel.make_mesh()
+    label = jax.jit(self_training.pseudo_label_fn(apply_fn), out_shardings=parallel.batch_sharding(mesh))
+    return unlabelled, label, jax.device_put(variables, parallel.replicated(mesh)), float(weight)
 
 
 def _num_steps(config, steps_per_epoch: int) -> int:
@@ -89,37 +121,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loader = data.Loader(train_src, global_batch_size=config.batch_size, seed=config.seed,
                          augment=data.get_augment(config.augment, train_src.image_shape),
                          process_index=jax.process_index(), process_count=jax.process_count())
-    total_steps = _num_steps(config, loader.steps_per_epoch)
     checkpointing.check_model_spec(workdir, spec)
+    selftrain = _self_training_setup(config, train_src, spec, loader)
+    steps_per_epoch = loader.steps_per_epoch * (2 if selftrain else 1)  # Self-training: + one pseudo batch each.
+    total_steps = _num_steps(config, steps_per_epoch)
+    loss_fn = LOSSES[config.loss](model, config)
+    loss_fn = self_training.weighted(loss_fn) if selftrain else loss_fn
 
     tx = training.make_optimizer(
-        learning_rate=config.learning_rate, steps_per_epoch=loader.steps_per_epoch, momentum=config.momentum,
+        learning_rate=config.learning_rate, steps_per_epoch=steps_per_epoch, momentum=config.momentum,
         weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_step_epochs=config.lr_step_epochs,
-        lr_decay=config.lr_decay, total_steps=total_steps)
+        lr_decay=config.lr_decay, total_steps=total_steps, nesterov=config.get("nesterov", False),
+        grad_clip_norm=config.get("grad_clip_norm", 0.0), lr_milestones=tuple(config.get("lr_milestones", ())))
+    eval_apply = siam.eval_apply_fn(model, config)  # Stochastic (SIAM) models: the smoothed classifier.
+    best = best_checkpoint.BestCheckpoint(workdir, config.keep_best_by) if config.get("keep_best_by") else None
     init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     repl = parallel.replicated(mesh)
     init = jax.jit(lambda k: training.create_train_state(model, tx, k, train_src.image_shape), out_shardings=repl)
-    train_step = jax.jit(training.make_train_step(LOSSES[config.loss](model, config), tx),
-                         in_shardings=(repl, parallel.batch_sharding(mesh), repl), out_shardings=(repl, repl),
-                         donate_argnums=0)
+    pretrained = None
+    if config.get("init_from"):  # Checked against the model's structure before anything is written.
+        pretrained, old_classes = finetuning.read_pretrained(config.init_from, spec)
+        finetuning.transfer_variables(pretrained, jax.eval_shape(init, init_key).variables, old_classes=old_classes,
+                                      new_classes=spec["num_classes"])
+    base_step = training.make_train_step(loss_fn, tx)
+
+    def step_with_epoch(state, batch, key, loss_weight):
+        extra = {"epoch": state.step // steps_per_epoch, **({"loss_weight": loss_weight} if selftrain else {})}
+        return base_step(state, {**batch, **extra}, key)
+
+    train_step = jax.jit(step_with_epoch, in_shardings=(repl, parallel.batch_sharding(mesh), repl, repl),
+                         out_shardings=(repl, repl), donate_argnums=0)
 
     checkpointing.write_model_spec(workdir, spec)
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    start = ckpt.latest_step() or 0
+    start, fresh = ckpt.latest_step() or 0, []
     if start:
         target = jax.eval_shape(init, init_key)
         state = training.TrainState(**ckpt.restore(_as_dict(target), shardings=jax.tree.map(lambda _: repl,
                                                                                            _as_dict(target))))
     else:
         state = init(init_key)
+        if pretrained is not None:
+            local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state.variables)
+            variables, fresh = finetuning.transfer_variables(pretrained, local, old_classes=old_classes,
+                                                             new_classes=spec["num_classes"])
+            variables = jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, repl, lambda i: v[i]), variables)
+            params = variables.pop("params")
+            state = state.replace(params=params, model_state=variables,
+                                  opt_state=jax.jit(tx.init, out_shardings=repl)(params))
     reporter = Reporter(workdir, total=total_steps, initial=start, unit="step", description="train")
     reporter.write(f"{config.model} on {config.dataset}: {total_steps} steps of batch {config.batch_size} "
-                   f"({loader.steps_per_epoch}/epoch) on {mesh.devices.size} device(s), {jax.process_count()} "
-                   f"process(es); sigma={config.sigma}" + (f"; resuming at step {start}" if start else ""))
+                   f"({steps_per_epoch}/epoch) on {mesh.devices.size} device(s), {jax.process_count()} "
+                   f"process(es); sigma={config.sigma}" + (f"; resuming at step {start}" if start else "")
+                   + (f"; fine-tuned from {config.init_from} (new: {', '.join(fresh) or 'nothing'})"
+                      if pretrained is not None and not start else ""))
     pending, t0 = [], time.time()
-    batches = loader.iterate(start_step=start)
+    if selftrain:
+        batches = self_training.alternating_batches(loader, selftrain[0], start)
+    else:
+        batches = ((b, False) for b in loader.iterate(start_step=start))
     for step in range(start, total_steps):
-        state, metrics = train_step(state, parallel.to_global(next(batches), mesh), train_key)
+        local, pseudo = next(batches)
+        batch = parallel.to_global(local, mesh)
+        if pseudo:  # Labels of the unlabelled source are replaced by the teacher's argmax.
+            batch = {**batch, "label": selftrain[1](selftrain[2], batch["image"])}
+        weight = np.float32(selftrain[3] if pseudo else 1.0)
+        state, metrics = train_step(state, batch, train_key, weight)
         pending.append(metrics)
         done = step + 1
         if done % config.log_every_steps == 0 or done == total_steps:
@@ -133,15 +200,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             ckpt.save(done, _as_dict(state))
         if eval_src is not None and config.eval_every_steps and done % config.eval_every_steps == 0 \
                 and done != total_steps:
-            results = evaluate(make_apply_fn(model), state.variables, eval_src, batch_size=config.eval_batch_size,
+            results = evaluate(eval_apply, state.variables, eval_src, batch_size=config.eval_batch_size,
                                sigma=config.sigma, key=eval_key, mesh=mesh)
             reporter.scalars(done, {f"eval_{k}": v for k, v in results.items()})
+            if best is not None:
+                best.update(done, results, _as_dict(state))
     ckpt.close()
     results = {}
     if eval_src is not None:
-        results = evaluate(make_apply_fn(model), state.variables, eval_src, batch_size=config.eval_batch_size,
+        results = evaluate(eval_apply, state.variables, eval_src, batch_size=config.eval_batch_size,
                            sigma=config.sigma, key=eval_key, mesh=mesh)
         reporter.scalars(total_steps, {f"eval_{k}": v for k, v in results.items()})
+        if best is not None:
+            best.update(total_steps, results, _as_dict(state))
+            best.close()
     reporter.close()
     return {"step": total_steps, **results}
 

@@ -46,12 +46,21 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
 
 
 def learning_rate_schedule(*, learning_rate: float, steps_per_epoch: int, lr_schedule: str = "step",
-                           lr_step_epochs: int = 30, lr_decay: float = 0.1, total_steps: int = 0) -> optax.Schedule:
+                           lr_step_epochs: int = 30, lr_decay: float = 0.1, total_steps: int = 0,
+                           lr_milestones=()) -> optax.Schedule:
     """Learning rate as a function of the step.
 
     ``"step"`` multiplies ``learning_rate`` by ``lr_decay`` every ``lr_step_epochs`` epochs (Cohen et al.: 0.1,
-    divided by 10 every 30 epochs); ``"cosine"`` anneals it to 0 over ``total_steps``; ``"constant"`` keeps it.
+    divided by 10 every 30 epochs); ``"multistep"`` multiplies it by ``lr_decay`` at the start of each epoch in
+    ``lr_milestones`` (SIAM: epochs 200 and 300); ``"cosine"`` anneals it to 0 over ``total_steps``;
+    ``"constant"`` keeps it.
     """
+    if lr_schedule == "multistep":
+        milestones = sorted(int(m) for m in lr_milestones)
+        if not milestones or milestones[0] < 1 or len(set(milestones)) != len(milestones):
+            raise ValueError(f"lr_milestones={tuple(lr_milestones)!r} is not allowed; 'multistep' needs distinct "
+                             "epochs >= 1")
+        return optax.piecewise_constant_schedule(learning_rate, {m * steps_per_epoch: lr_decay for m in milestones})
     if lr_schedule == "step":
         return optax.exponential_decay(learning_rate, max(1, lr_step_epochs * steps_per_epoch), lr_decay,
                                        staircase=True)
@@ -59,18 +68,24 @@ def learning_rate_schedule(*, learning_rate: float, steps_per_epoch: int, lr_sch
         return optax.cosine_decay_schedule(learning_rate, max(1, total_steps))
     if lr_schedule == "constant":
         return optax.constant_schedule(learning_rate)
-    raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of: step, cosine, constant")
+    raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of: step, multistep, cosine, constant")
 
 
 def make_optimizer(*, learning_rate: float, steps_per_epoch: int, momentum: float = 0.9, weight_decay: float = 1e-4,
-                   nesterov: bool = False, **schedule_kwargs) -> optax.GradientTransformation:
+                   nesterov: bool = False, grad_clip_norm: float = 0.0,
+                   **schedule_kwargs) -> optax.GradientTransformation:
     """SGD with momentum and coupled (PyTorch-style) weight decay, as in the reference CIFAR/ImageNet recipes.
 
     The decay term ``weight_decay * w`` is added to the gradient before momentum, as ``torch.optim.SGD`` does;
+    ``grad_clip_norm > 0`` first rescales the loss gradient to global L2 norm at most ``grad_clip_norm``
+    (``torch.nn.utils.clip_grad_norm_`` before ``SGD.step``, so before the decay term; SIAM: 0.05);
     ``schedule_kwargs`` go to ``learning_rate_schedule``.
     """
+    if not (isinstance(grad_clip_norm, (int, float)) and grad_clip_norm >= 0):
+        raise ValueError(f"grad_clip_norm={grad_clip_norm!r} is not allowed; it must be a number >= 0 (0 = off)")
     schedule = learning_rate_schedule(learning_rate=learning_rate, steps_per_epoch=steps_per_epoch, **schedule_kwargs)
-    return optax.chain(optax.add_decayed_weights(weight_decay),
+    clip = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm > 0 else []
+    return optax.chain(*clip, optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
 
 

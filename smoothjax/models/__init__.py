@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 
 from smoothjax.models.layers import Normalize, fusion_barrier
+from smoothjax.models.noisy_resnet import NoisyCifarResNet, is_stochastic, make_stochastic_apply_fn
 from smoothjax.models.resnet import CifarResNet, ResNet50
 from smoothjax.models.small_cnn import SmallCNN
 
@@ -23,6 +24,9 @@ _BUILDERS = {
     **{f"cifar_resnet{d}": partial(CifarResNet, depth=d) for d in (8, 20, 32, 44, 56, 110)},
     "resnet50": ResNet50,
     "small_cnn": SmallCNN,
+    # SIAM's stochastic ResNets (models/noisy_resnet.py): input noise only, + PNI or + CPNI weight noise.
+    **{f"cifar_resnet{d}_{kind}": partial(NoisyCifarResNet, depth=d, weight_noise=noise)
+       for d in (8, 20, 32, 44, 56, 110) for kind, noise in (("gauss", "none"), ("pni", "pni"), ("cpni", "cpni"))},
 }
 MODEL_NAMES = tuple(sorted(_BUILDERS))
 
@@ -44,7 +48,9 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
     """Builds the model called ``name`` (one of ``MODEL_NAMES``) with a ``num_classes``-way linear head.
 
     Args:
-      name: ``cifar_resnet8/20/32/44/56/110``, ``resnet50`` or ``small_cnn``.
+      name: ``cifar_resnet8/20/32/44/56/110``, ``resnet50``, ``small_cnn``, or SIAM's stochastic
+        ``cifar_resnet{depth}_gauss`` / ``_pni`` / ``_cpni`` (``noise_sd``, ``granularity``, ``noise_rank``,
+        ``act_noise`` kwargs; call them through ``make_stochastic_apply_fn``).
       num_classes: number of output logits, >= 2.
       dataset: whose per-channel mean/std the first layer uses (default: cifar10 for CIFAR ResNets,
         imagenet for resnet50, digits for small_cnn).
@@ -95,5 +101,5 @@ def count_params(variables) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
 
 
-__all__ = ["MODEL_NAMES", "NORMALIZATIONS", "CifarResNet", "Normalize", "ResNet50", "SmallCNN", "count_params",
-           "fusion_barrier", "get_model", "make_apply_fn"]
+__all__ = ["MODEL_NAMES", "NORMALIZATIONS", "CifarResNet", "NoisyCifarResNet", "Normalize", "ResNet50", "SmallCNN",
+           "count_params", "fusion_barrier", "get_model", "is_stochastic", "make_apply_fn", "make_stochastic_apply_fn"]
