@@ -6,7 +6,6 @@
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from smoothjax import data, parallel, training

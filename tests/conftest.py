@@ -36,3 +36,24 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent")
     return SHARED
+
+
+def snapshot(directory) -> dict:
+    """Every path under ``directory`` with its bytes (None for folders): equal snapshots = nothing touched."""
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(Path(directory).rglob("*"))}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A digits model trained by train.py for 40 steps (no evaluation), shared by the whole session.
+
+    Tests must not write into it: copy it first (certify logs go into the workdir)."""
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    proc = subprocess.run([sys.executable, "train.py", "--config=configs/digits.py", f"--workdir={workdir}",
+                           "--config.total_steps=40", "--config.eval_split="], cwd=ROOT, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir

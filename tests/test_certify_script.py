@@ -2,7 +2,7 @@
 (a direct ``certification.certify`` call, Clopper-Pearson / binomial tests recomputed with SciPy from the counts),
 independence of batching and device count, SIGKILL + torn line + restart, and one-line errors that touch nothing.
 
-One model is trained per module (40 steps); every certify run uses small n, so the file runs in a minute or two.
+One model is trained per test session (40 steps, conftest.trained); every certify run uses small n, so the file runs in a minute or two.
 """
 
 import fcntl
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, snapshot, subprocess_env
 from smoothjax import analysis, certification, checkpointing, data
 from smoothjax.models import make_apply_fn
 
@@ -48,21 +48,6 @@ def _rows(path) -> list[list[str]]:
     assert lines[-1] == "", "log does not end with a newline"
     return [line.split("\t")[:-1] for line in lines[1:-1]]
 
-
-def _snapshot(directory) -> dict:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(Path(directory).rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A digits model trained for 40 steps (no evaluation), shared by the whole module."""
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    proc = subprocess.run([sys.executable, "train.py", "--config=configs/digits.py", f"--workdir={workdir}",
-                           "--config.total_steps=40", "--config.eval_split="], cwd=ROOT, env=subprocess_env(1),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
 
 
 @pytest.fixture
@@ -273,21 +258,21 @@ def test_bad_input_is_a_one_line_error_that_touches_nothing(case, workdir, refer
     args, setup, needle = BAD[case]
     if setup is not None:
         setup(workdir, reference)
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     _assert_one_line_error(_certify(workdir, *SMALL, *args), needle)
-    assert _snapshot(workdir) == before  # byte-identical, and no new files or directories
+    assert snapshot(workdir) == before  # byte-identical, and no new files or directories
 
 
 def test_foreign_logs_and_data_are_refused(workdir, shared_dir):
     cohen = shared_dir / "reference/cohen2019/data/certify/cifar10/resnet110/noise_0.25/test/sigma_0.25"
     (workdir / "certify").mkdir()
     shutil.copy(cohen, workdir / "certify" / "certify_sigma_0.25.tsv")  # a log without our settings file
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     _assert_one_line_error(_certify(workdir, *SMALL), "certify_sigma_0.25.tsv.json")
     cifar = shared_dir / "data" / "cifar10-test.npz"
     _assert_one_line_error(_certify(workdir, *SMALL, "--config.dataset=cifar10", f"--config.data_path={cifar}"),
                            "(32, 32, 3)")
-    assert _snapshot(workdir) == before
+    assert snapshot(workdir) == before
 
 
 def test_a_log_another_process_is_writing_is_left_alone(workdir, reference):
@@ -297,6 +282,6 @@ def test_a_log_another_process_is_writing_is_left_alone(workdir, reference):
         f.write("24\t3\t")  # a row being written right now
         f.flush()
         fcntl.flock(f, fcntl.LOCK_EX)  # as a running certify.py holds it
-        before = _snapshot(workdir)
+        before = snapshot(workdir)
         _assert_one_line_error(_certify(workdir, *SMALL, "--config.certify.max=30"), "another certify.py process")
-        assert _snapshot(workdir) == before
+        assert snapshot(workdir) == before

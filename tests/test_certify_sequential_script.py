@@ -2,7 +2,7 @@
 
 Rows are checked against independent computations: direct library calls with the per-index key
 ``fold_in(key(seed), idx)``, images rounded to the 1/255 grid by NumPy, and the samples column summarised by NumPy.
-One model is trained per module (40 steps); every run is small.
+One model is trained per test session (40 steps, conftest.trained); every run is small.
 """
 
 import functools
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, snapshot, subprocess_env
 from smoothjax import analysis, certification, checkpointing, data
 from smoothjax.models import make_apply_fn
 from smoothjax.randomized_certification import certify_randomized
@@ -50,20 +50,6 @@ def _rows(path):
     assert lines[-1] == "", "log does not end with a newline"
     return [[f for j, f in enumerate(line.split("\t")) if j != 5] for line in lines[1:-1]]
 
-
-def _snapshot(directory) -> dict:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(Path(directory).rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("trained") / "run"
-    proc = subprocess.run([sys.executable, "train.py", "--config=configs/digits.py", f"--workdir={workdir}",
-                           "--config.total_steps=40", "--config.eval_split="], cwd=ROOT, env=subprocess_env(1),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +163,12 @@ def test_sigkill_then_restart_equals_the_uninterrupted_run(reference, trained, t
 ])
 def test_other_sequential_settings_are_refused_and_touch_nothing(reference, tmp_path, change, needle):
     run = Path(shutil.copytree(reference[0], tmp_path / "run"))
-    before = _snapshot(run)
+    before = snapshot(run)
     proc = _certify(run, *SEQUENTIAL, change)
     assert proc.returncode != 0 and proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("certify.py: error: ") and needle in lines[0], proc.stderr
-    assert _snapshot(run) == before
+    assert snapshot(run) == before
 
 
 @pytest.mark.parametrize("changes, needle", [
