@@ -43,7 +43,7 @@ def test_unknown_dataset_is_one_line_value_error():
     with pytest.raises(ValueError) as info:
         data.get_source("foo", "train")
     assert str(info.value) == ("unknown dataset 'foo'; choose one of: cifar10, cifar100, digits, image_folder, "
-                               "imagenet, arrays")
+                               "imagenet, imagenet32, arrays")
     with pytest.raises(ValueError, match="option"):
         data.get_source("digits", "train", colour=True)
 
@@ -126,6 +126,8 @@ def test_tfds_mock_sources_and_imagenet_transforms():
             assert (len(src), src.num_classes, src.image_shape) == (12, classes, (32, 32, 3))
             image, label = src[11]
             assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and 0 <= label < classes
+        small = data.get_source("imagenet32", "train")  # SmoothAdv's pre-training data
+        assert (small.num_classes, small.image_shape) == (1000, (32, 32, 3)) and small[0][0].shape == (32, 32, 3)
         val = data.get_source("imagenet", "validation")
         assert val.num_classes == 1000 and val.image_shape == (224, 224, 3)
         assert val[0][0].shape == (224, 224, 3) and val[0][0].dtype == np.uint8

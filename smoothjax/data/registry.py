@@ -5,13 +5,14 @@ from __future__ import annotations
 from smoothjax.data.digits import digits_source
 from smoothjax.data.source import Source, npz_source
 
-SOURCE_NAMES = ("cifar10", "cifar100", "digits", "image_folder", "imagenet", "arrays")
+SOURCE_NAMES = ("cifar10", "cifar100", "digits", "image_folder", "imagenet", "imagenet32", "arrays")
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _OPTIONS = {  # Extra keyword options each source accepts.
     "digits": (),
     "cifar10": ("transform",),
     "cifar100": ("transform",),
     "imagenet": ("transform",),
+    "imagenet32": ("transform",),
     "image_folder": ("classes", "mode", "name"),
     "arrays": ("num_classes",),
 }
@@ -25,6 +26,7 @@ def get_source(name: str, split: str, *, data_dir=None, path=None, **kw) -> Sour
       shared/data); otherwise tfds prepared in ``data_dir`` (array_record). uint8 (32, 32, 3).
     - ``imagenet``: tfds ``imagenet2012`` prepared in ``data_dir``; non-train splits are resized to 256 and
       centre-cropped to 224 (``transform='auto'``), training images keep their size (use augment 'imagenet').
+    - ``imagenet32``: tfds ``imagenet_resized/32x32`` (1000 classes, 32x32; SmoothAdv's pre-training data).
     - ``image_folder``: ``path=`` (or ``data_dir=``) a directory or .zip of ``<split>/<class>/*.jpg|png``; uint8.
     - ``arrays``: ``path=`` an .npz with ``x`` (N, H, W, C) and ``y`` (N,); optional ``num_classes=``.
 
@@ -46,7 +48,7 @@ def get_source(name: str, split: str, *, data_dir=None, path=None, **kw) -> Sour
         if kw:
             raise ValueError(f"option(s) {', '.join(sorted(kw))} not allowed with an .npz path for {name!r}")
         return npz_source(path, split, name=name, num_classes=_NUM_CLASSES[name])
-    if name in ("cifar10", "cifar100", "imagenet"):
+    if name in ("cifar10", "cifar100", "imagenet", "imagenet32"):
         if path is not None:
             raise ValueError(f"path={path!r} is not allowed for dataset {name!r}; it reads tfds from data_dir=")
         from smoothjax.data.tfds_source import TfdsSource

@@ -15,7 +15,8 @@ import numpy as np
 from smoothjax.data.augment import imagenet_eval_transform
 from smoothjax.data.source import Source
 
-TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet2012"}
+TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet2012",
+              "imagenet32": "imagenet_resized/32x32"}
 IMAGENET_SIZE = 224
 TRANSFORMS = ("auto", "none", "eval")
 
