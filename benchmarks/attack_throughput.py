@@ -27,7 +27,6 @@ Goal (the issue): at least 2x the reference. Results: ``benchmarks/results/attac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -47,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train_throughput import (CIFAR10_MEAN, CIFAR10_STD, IMAGE_SHAPE, NUM_CLASSES, cores,  # noqa: E402
                               import_torch, machine_info, random_batch)
+from timing import write_results  # noqa: E402
 
 from smoothjax import attacks, smoothadv, training  # noqa: E402
 from smoothjax.models import get_model, make_apply_fn  # noqa: E402
@@ -272,10 +272,7 @@ def main(argv=None) -> dict:
               "noise_note": "other jobs may share this machine (see load_average_at_start and each cpu_share: CPU "
                             "seconds / (wall seconds x cores), near 1 when a call had the machine to itself); JAX "
                             "and torch calls are interleaved so load hits both, but absolute figures can vary a lot"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(result, args.out)
     return result
 
 

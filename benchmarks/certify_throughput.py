@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +44,9 @@ import scipy.stats
 
 from smoothjax import certification
 from smoothjax.models import get_model, make_apply_fn
-from train_throughput import (CIFAR10_MEAN, CIFAR10_STD, HERE, NOISE_NOTE, QUIET, cpu_share, fair_ratio, import_torch,
-                              load_average, machine_info, paired_ratios, time_interleaved, wait_for_quiet, warn_if_busy)
+from timing import (QUIET, cpu_share, load_average, paired_ratios, time_interleaved, wait_for_quiet, warn_if_busy,
+                    write_results)
+from train_throughput import CIFAR10_MEAN, CIFAR10_STD, HERE, NOISE_NOTE, fair_ratio, import_torch, machine_info
 
 MODEL = "cifar_resnet110"
 SIGMA = 0.25
@@ -345,10 +344,7 @@ def main(argv=None) -> dict:
             "loop itself (noise, argmax, counting inside lax.fori_loop) is fused and adds little."),
         "noise_note": NOISE_NOTE,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(result, args.out)
     return result
 
 
