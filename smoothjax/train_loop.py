@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     repl = parallel.replicated(mesh)
     init = jax.jit(lambda k: training.create_train_state(model, tx, k, train_src.image_shape), out_shardings=repl)
-    pretrained = None
+    pretrained, old_classes = None, None
     if config.get("init_from"):  # Checked against the model's structure before anything is written.
         pretrained, old_classes = finetuning.read_pretrained(config.init_from, spec)
         finetuning.transfer_variables(pretrained, jax.eval_shape(init, init_key).variables, old_classes=old_classes,
@@ -154,21 +154,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     checkpointing.write_model_spec(workdir, spec)
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    start, fresh = ckpt.latest_step() or 0, []
-    if start:
-        target = jax.eval_shape(init, init_key)
-        state = training.TrainState(**ckpt.restore(_as_dict(target), shardings=jax.tree.map(lambda _: repl,
-                                                                                           _as_dict(target))))
-    else:
-        state = init(init_key)
-        if pretrained is not None:
-            local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state.variables)
-            variables, fresh = finetuning.transfer_variables(pretrained, local, old_classes=old_classes,
-                                                             new_classes=spec["num_classes"])
-            variables = jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, repl, lambda i: v[i]), variables)
-            params = variables.pop("params")
-            state = state.replace(params=params, model_state=variables,
-                                  opt_state=jax.jit(tx.init, out_shardings=repl)(params))
+    start = ckpt.latest_step() or 0
+    state, fresh = _initial_state(ckpt, start, init, init_key, tx, repl, pretrained, old_classes,
+                                  spec["num_classes"])
     reporter = Reporter(workdir, total=total_steps, initial=start, unit="step", description="train")
     reporter.write(f"{config.model} on {config.dataset}: {total_steps} steps of batch {config.batch_size} "
                    f"({steps_per_epoch}/epoch) on {mesh.devices.size} device(s), {jax.process_count()} "
@@ -216,6 +204,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             best.close()
     reporter.close()
     return {"step": total_steps, **results}
+
+
+def _initial_state(ckpt, start, init, init_key, tx, repl, pretrained, old_classes, num_classes):
+    """The state to train from, replicated on the mesh, and the names of freshly initialised variables.
+
+    Checkpoint ``start`` when there is one (a resumed run); otherwise a new state from ``init_key``, with the
+    variables of a pretrained run copied in (``init_from``; a head of another class count stays new).
+    """
+    if start:
+        target = _as_dict(jax.eval_shape(init, init_key))
+        return training.TrainState(**ckpt.restore(target, shardings=jax.tree.map(lambda _: repl, target))), []
+    state = init(init_key)
+    if pretrained is None:
+        return state, []
+    local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state.variables)
+    variables, fresh = finetuning.transfer_variables(pretrained, local, old_classes=old_classes,
+                                                     new_classes=num_classes)
+    variables = jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, repl, lambda i: v[i]), variables)
+    params = variables.pop("params")
+    state = state.replace(params=params, model_state=variables, opt_state=jax.jit(tx.init, out_shardings=repl)(params))
+    return state, fresh
 
 
 def _as_dict(state) -> dict:
