@@ -23,7 +23,7 @@ Empirical robustness (SmoothAdv's ``predict.py``): in predict mode, ``certify.at
 within L2 ``certify.epsilon`` (pixel units) with ``num_steps`` (default 20) steps and ``num_noise_vec`` noise draws
 (``no_grad_attack``, ``base_attack``: attack the base classifier without noise), then runs PREDICT on the result;
 the log is ``predict_pgd_eps_0.5_steps_20_m_8_sigma_0.25.tsv`` and its accuracy is the empirical robust accuracy at
-radius epsilon (``python -m smoothjax.empirical_robustness LOGS --certified CERTIFY_LOG`` tabulates several):
+radius epsilon (``python -m smoothjax.analysis CERTIFY_LOG ATTACK_LOGS`` tabulates several):
 
   python certify.py --config=configs/cifar10_smoothadv.py:sigma=0.25 --workdir=runs/c10 --config.certify.mode=predict \
       --config.certify.n=1000 --config.certify.attack=pgd --config.certify.epsilon=0.5 --config.certify.num_noise_vec=8
@@ -45,7 +45,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO.
-    from smoothjax import analysis, empirical_robustness  # After flag parsing: JAX reads XLA_FLAGS on import.
+    from smoothjax import analysis  # After flag parsing: JAX reads XLA_FLAGS on import.
     from smoothjax.certify_loop import certify_workdir
 
     try:
@@ -67,7 +67,7 @@ def main(argv):
     else:
         summary = analysis.prediction_summary(log)
         print(f"{summary.n} images; accuracy {summary.accuracy:.3f}, abstention rate {summary.abstention_rate:.3f}")
-        if (attacked := empirical_robustness.parse_attack(path)) is not None:
+        if (attacked := analysis.parse_attack(path)) is not None:
             print(f"empirical robust accuracy at radius {attacked['epsilon']} ({attacked['attack']}): "
                   f"{summary.accuracy:.3f}")
 

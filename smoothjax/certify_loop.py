@@ -9,7 +9,7 @@ checkpoint, data, compilation) runs before the first byte is written, and a log 
 (an exclusive ``flock``), so a bad command never touches an existing log. Sequential mode (extra ``samples``
 column), sound noise and randomized Clopper-Pearson (separately named logs) are in ``smoothjax.certify_modes``.
 Predict mode with ``certify.attack`` (``pgd``/``ddn``) attacks each image first (SmoothAdv's ``predict.py``) and
-names the log after the attack (``smoothjax.empirical_robustness``).
+names the log after the attack (``smoothjax.empirical_robustness``, ``smoothjax.analysis.attack_name``).
 """
 
 from __future__ import annotations

@@ -377,3 +377,28 @@ def test_cli_bad_input(tmp_path, case):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_cli_reports_empirical_robust_accuracy_next_to_certified(tmp_path, capsys):
+    """Attacked PREDICT logs get a table per sigma: hand-counted accuracies (abstention = wrong) per attack and
+    radius, blank where an attack has no log, and the certification log of the same sigma at those radii."""
+    pred_header = "idx\tlabel\tpredict\tcorrect\ttime\n"
+    rows = {"pgd_eps_0.25_steps_20_m_8": ["1\t1\t1\t0.5", "1\t1\t1\t0.5", "1\t2\t0\t0.5", "1\t-1\t0\t0.5"],
+            "pgd_eps_1.0_steps_20_m_8": ["1\t1\t1\t0.5", "1\t2\t0\t0.5", "1\t2\t0\t0.5", "1\t2\t0\t0.5"],
+            "ddn_eps_1.0_steps_3_m_1_base": ["1\t1\t1\t0.5", "1\t1\t1\t0.5", "1\t1\t1\t0.5", "1\t2\t0\t0.5"]}
+    paths = []
+    for name, lines in rows.items():
+        text = pred_header + "".join(f"{i}\t{line}\n" for i, line in enumerate(lines))
+        paths.append(str(write(tmp_path, f"predict_{name}_sigma_0.25.tsv", text)))
+    cert = write(tmp_path, "certify_sigma_0.25.tsv", HEADER + "\n".join(CERT_ROWS) + "\n")
+    other = write(tmp_path, "certify_sigma_0.5.tsv", HEADER + "\n".join(CERT_ROWS[:2]) + "\n")
+    assert analysis.main([str(other), str(cert)] + paths) == 0
+    out = capsys.readouterr().out
+    assert "sigma = 0.25" in out
+    assert "| radius | 0.25 | 1.0 |" in out
+    assert "| empirical (PGD T=20 m=8) | 0.500 | 0.250 |" in out
+    assert "| empirical (DDN T=3 m=1 base) |  | 0.750 |" in out
+    # CERT_ROWS: correct radii 0.5, 1.0, 0.25 of 5 rows -> 3/5 at r = 0.25 and 1/5 at r = 1.0 (sigma 0.25's log).
+    assert "| certified | 0.600 | 0.200 |" in out
+    with pytest.raises(ValueError, match="second log of PGD T=20 m=8 at epsilon 0.25"):
+        analysis.robustness_table([analysis.read_log(paths[0])] * 2)

@@ -261,7 +261,7 @@ def test_short_smoothadv_run_beats_gaussian_at_a_large_radius():
 def test_certify_predict_mode_attacks_then_predicts(teacher):
     """certify.py's predict mode with an attack: epsilon 0 reproduces the unattacked rows exactly (same PREDICT keys),
     a large budget lowers the accuracy, the log is named after the attack, and the table reports it per radius."""
-    from smoothjax import analysis, empirical_robustness
+    from smoothjax import analysis
     from smoothjax.certify_loop import certify_workdir
 
     def run(**attack):
@@ -274,18 +274,18 @@ def test_certify_predict_mode_attacks_then_predicts(teacher):
     strong = run(attack="pgd", epsilon=2.0, num_steps=2, num_noise_vec=2)
     ddn = run(attack="ddn", epsilon=2.0, num_steps=3, num_noise_vec=1, base_attack=True)
     assert Path(strong.path).name == "predict_pgd_eps_2.0_steps_2_m_2_sigma_0.25.tsv"
-    assert empirical_robustness.parse_attack(ddn.path) == dict(attack="ddn", epsilon=2.0, num_steps=3,
-                                                               num_noise_vec=1, no_grad=False, base_attack=True)
+    assert analysis.parse_attack(ddn.path) == dict(attack="ddn", epsilon=2.0, num_steps=3,
+                                                   num_noise_vec=1, no_grad=False, base_attack=True)
     np.testing.assert_array_equal(zero.predict, clean.predict)
     accuracy = {name: analysis.prediction_summary(log).accuracy for name, log in
                 [("clean", clean), ("strong", strong), ("ddn", ddn)]}
     assert accuracy["clean"] >= 0.5 and accuracy["strong"] <= accuracy["clean"] - 0.25, accuracy
     assert accuracy["ddn"] < accuracy["clean"], accuracy
-    radii, empirical = empirical_robustness.empirical_robust_accuracy([strong, zero])
+    radii, empirical = analysis.empirical_robust_accuracy([strong, zero])
     np.testing.assert_array_equal(radii, [0.0, 2.0])
     np.testing.assert_allclose(empirical, [accuracy["clean"], accuracy["strong"]])
-    assert f"| empirical (attack) | {accuracy['clean']:.3f} | {accuracy['strong']:.3f} |" in \
-        empirical_robustness.robustness_table([strong, zero])
+    assert f"| empirical (PGD T=2 m=2) | {accuracy['clean']:.3f} | {accuracy['strong']:.3f} |" in \
+        analysis.robustness_table([strong, zero])
     with pytest.raises(ValueError, match="attacks run in predict mode"):
         c = _digits_config()
         c.certify.update(dict(mode="certify", attack="pgd", epsilon=0.5))

@@ -1,0 +1,79 @@
+"""Certified accuracy, average certified radius and prediction summaries of parsed logs (``EvalLog``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from smoothjax.analysis.logs import EvalLog
+
+
+class PredictionSummary(NamedTuple):
+    """Summary of a prediction (or certification) log: ``n`` rows, ``accuracy`` = fraction of rows
+    predicted correctly (abstentions count as wrong), ``abstention_rate`` = fraction with
+    ``predict == -1``, ``mean_time`` = mean seconds per example."""
+
+    n: int
+    accuracy: float
+    abstention_rate: float
+    mean_time: float
+
+
+def _as_radii(radii) -> np.ndarray:
+    r = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+    if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise ValueError(f"radii={radii!r} not allowed; give a non-empty 1-D list of finite radii >= 0")
+    return r
+
+
+def _certification(log: EvalLog) -> EvalLog:
+    if not isinstance(log, EvalLog) or log.radius is None:
+        where = log.path if isinstance(log, EvalLog) else repr(log)
+        raise ValueError(f"{where} is not a certification log (needs a 'radius' column)")
+    if len(log) == 0:
+        raise ValueError(f"{log.path}: log has no rows")
+    return log
+
+
+def _certified_correct(log: EvalLog) -> np.ndarray:
+    return log.correct & (log.predict != -1)
+
+
+def certified_accuracy(log: EvalLog, radii) -> np.ndarray:
+    """Certified accuracy at each radius: shape ``(len(radii),)`` float64 in [0, 1].
+
+    Entry ``k`` is the fraction of ALL rows with ``correct == 1`` (and no abstention) and
+    ``radius >= radii[k]`` (radii in pixel-space L2 units), as in Cohen et al. (2019)'s ``analyze.py``.
+    """
+    log, r = _certification(log), _as_radii(radii)
+    good = _certified_correct(log)
+    return np.mean(good[None, :] & (log.radius[None, :] >= r[:, None]), axis=1)
+
+
+def average_certified_radius(log: EvalLog) -> float:
+    """Average certified radius (ACR): mean over all rows of ``radius`` if correct, else 0."""
+    log = _certification(log)
+    return float(np.mean(np.where(_certified_correct(log), log.radius, 0.0)))
+
+
+def envelope(logs: Sequence[EvalLog], radii) -> np.ndarray:
+    """Best certified accuracy per radius over several logs: shape ``(len(radii),)``, the
+    elementwise max of ``certified_accuracy(log, radii)`` over ``logs`` (e.g. over sigmas)."""
+    return np.max(certified_accuracy_matrix(logs, radii), axis=0)
+
+
+def certified_accuracy_matrix(logs: Sequence[EvalLog], radii) -> np.ndarray:
+    """``certified_accuracy`` of each log stacked: shape ``(len(logs), len(radii))``."""
+    if len(logs) == 0:
+        raise ValueError("logs is empty; give at least one certification log")
+    return np.stack([certified_accuracy(log, radii) for log in logs])
+
+
+def prediction_summary(log: EvalLog) -> PredictionSummary:
+    """Accuracy (abstentions count as wrong), abstention rate and mean seconds of any log."""
+    if len(log) == 0:
+        raise ValueError(f"{log.path}: log has no rows")
+    return PredictionSummary(n=len(log), accuracy=float(np.mean(_certified_correct(log))),
+                             abstention_rate=float(np.mean(log.predict == -1)),
+                             mean_time=float(np.mean(log.time)))
