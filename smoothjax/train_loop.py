@@ -125,16 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     selftrain = _self_training_setup(config, train_src, spec, loader)
     steps_per_epoch = loader.steps_per_epoch * (2 if selftrain else 1)  # Self-training: + one pseudo batch each.
     total_steps = _num_steps(config, steps_per_epoch)
-    loss_fn = LOSSES[config.loss](model, config)
-    loss_fn = self_training.weighted(loss_fn) if selftrain else loss_fn
-
-    tx = training.make_optimizer(
-        learning_rate=config.learning_rate, steps_per_epoch=steps_per_epoch, momentum=config.momentum,
-        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_step_epochs=config.lr_step_epochs,
-        lr_decay=config.lr_decay, total_steps=total_steps, nesterov=config.get("nesterov", False),
-        grad_clip_norm=config.get("grad_clip_norm", 0.0), lr_milestones=tuple(config.get("lr_milestones", ())))
-    eval_apply = siam.eval_apply_fn(model, config)  # Stochastic (SIAM) models: the smoothed classifier.
-    best = best_checkpoint.BestCheckpoint(workdir, config.keep_best_by) if config.get("keep_best_by") else None
+    tx = _optimizer(config, steps_per_epoch, total_steps)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
     repl = parallel.replicated(mesh)
     init = jax.jit(lambda k: training.create_train_state(model, tx, k, train_src.image_shape), out_shardings=repl)
@@ -143,16 +134,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pretrained, old_classes = finetuning.read_pretrained(config.init_from, spec)
         finetuning.transfer_variables(pretrained, jax.eval_shape(init, init_key).variables, old_classes=old_classes,
                                       new_classes=spec["num_classes"])
-    base_step = training.make_train_step(loss_fn, tx)
+    train_step = _train_step(LOSSES[config.loss](model, config), tx, mesh, steps_per_epoch, bool(selftrain))
+    evaluator = _Evaluator(config, workdir, siam.eval_apply_fn(model, config), eval_src, eval_key, mesh)
 
-    def step_with_epoch(state, batch, key, loss_weight):
-        extra = {"epoch": state.step // steps_per_epoch, **({"loss_weight": loss_weight} if selftrain else {})}
-        return base_step(state, {**batch, **extra}, key)
-
-    train_step = jax.jit(step_with_epoch, in_shardings=(repl, parallel.batch_sharding(mesh), repl, repl),
-                         out_shardings=(repl, repl), donate_argnums=0)
-
-    checkpointing.write_model_spec(workdir, spec)
+    checkpointing.write_model_spec(workdir, spec)  # Everything above validated the config; now write.
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     start = ckpt.latest_step() or 0
     state, fresh = _initial_state(ckpt, start, init, init_key, tx, repl, pretrained, old_classes,
@@ -164,16 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    + (f"; fine-tuned from {config.init_from} (new: {', '.join(fresh) or 'nothing'})"
                       if pretrained is not None and not start else ""))
     pending, t0 = [], time.time()
-    if selftrain:
-        batches = self_training.alternating_batches(loader, selftrain[0], start)
-    else:
-        batches = ((b, False) for b in loader.iterate(start_step=start))
+    batches = _global_batches(loader, selftrain, start, mesh)
     for step in range(start, total_steps):
-        local, pseudo = next(batches)
-        batch = parallel.to_global(local, mesh)
-        if pseudo:  # Labels of the unlabelled source are replaced by the teacher's argmax.
-            batch = {**batch, "label": selftrain[1](selftrain[2], batch["image"])}
-        weight = np.float32(selftrain[3] if pseudo else 1.0)
+        batch, weight = next(batches)
         state, metrics = train_step(state, batch, train_key, weight)
         pending.append(metrics)
         done = step + 1
@@ -186,24 +164,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reporter.advance(1)
         if done % config.checkpoint_every_steps == 0 or done == total_steps:
             ckpt.save(done, _as_dict(state))
-        if eval_src is not None and config.eval_every_steps and done % config.eval_every_steps == 0 \
-                and done != total_steps:
-            results = evaluate(eval_apply, state.variables, eval_src, batch_size=config.eval_batch_size,
-                               sigma=config.sigma, key=eval_key, mesh=mesh)
-            reporter.scalars(done, {f"eval_{k}": v for k, v in results.items()})
-            if best is not None:
-                best.update(done, results, _as_dict(state))
+        if config.eval_every_steps and done % config.eval_every_steps == 0 and done != total_steps:
+            evaluator(done, state, reporter)
     ckpt.close()
-    results = {}
-    if eval_src is not None:
-        results = evaluate(eval_apply, state.variables, eval_src, batch_size=config.eval_batch_size,
-                           sigma=config.sigma, key=eval_key, mesh=mesh)
-        reporter.scalars(total_steps, {f"eval_{k}": v for k, v in results.items()})
-        if best is not None:
-            best.update(total_steps, results, _as_dict(state))
-            best.close()
+    results = evaluator(total_steps, state, reporter, final=True)
     reporter.close()
     return {"step": total_steps, **results}
+
+
+def _optimizer(config, steps_per_epoch: int, total_steps: int):
+    return training.make_optimizer(
+        learning_rate=config.learning_rate, steps_per_epoch=steps_per_epoch, momentum=config.momentum,
+        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_step_epochs=config.lr_step_epochs,
+        lr_decay=config.lr_decay, total_steps=total_steps, nesterov=config.get("nesterov", False),
+        grad_clip_norm=config.get("grad_clip_norm", 0.0), lr_milestones=tuple(config.get("lr_milestones", ())))
+
+
+def _train_step(loss_fn, tx, mesh, steps_per_epoch: int, selftrain: bool):
+    """``step(state, batch, key, loss_weight) -> (state, metrics)``, jitted over the mesh (state replicated, batch
+    sharded, state donated); the batch gains ``epoch`` (and ``loss_weight`` with self-training)."""
+    base_step = training.make_train_step(self_training.weighted(loss_fn) if selftrain else loss_fn, tx)
+
+    def step_with_epoch(state, batch, key, loss_weight):
+        extra = {"epoch": state.step // steps_per_epoch, **({"loss_weight": loss_weight} if selftrain else {})}
+        return base_step(state, {**batch, **extra}, key)
+
+    repl = parallel.replicated(mesh)
+    return jax.jit(step_with_epoch, in_shardings=(repl, parallel.batch_sharding(mesh), repl, repl),
+                   out_shardings=(repl, repl), donate_argnums=0)
+
+
+def _global_batches(loader, selftrain, start: int, mesh):
+    """Yields ``(global batch, loss weight)`` from step ``start`` on; with self-training, every other batch comes
+    from the unlabelled source with the teacher's argmax as labels and weight ``self_training_weight``."""
+    if not selftrain:
+        for local in loader.iterate(start_step=start):
+            yield parallel.to_global(local, mesh), np.float32(1.0)
+        return
+    unlabelled, label, teacher_variables, weight = selftrain
+    for local, pseudo in self_training.alternating_batches(loader, unlabelled, start):
+        batch = parallel.to_global(local, mesh)
+        if pseudo:
+            batch = {**batch, "label": label(teacher_variables, batch["image"])}
+        yield batch, np.float32(weight if pseudo else 1.0)
+
+
+class _Evaluator:
+    """Evaluates a state on the eval split (if any), reports ``eval_*`` scalars and keeps the best state
+    (``keep_best_by``); returns the metrics (``{}`` without an eval split)."""
+
+    def __init__(self, config, workdir, apply_fn, source, key, mesh):
+        self.config, self.apply_fn, self.source, self.key, self.mesh = config, apply_fn, source, key, mesh
+        by = config.get("keep_best_by")
+        self.best = best_checkpoint.BestCheckpoint(workdir, by) if by else None
+
+    def __call__(self, step: int, state, reporter, final: bool = False) -> dict:
+        if self.source is None:
+            if final and self.best is not None:
+                self.best.close()
+            return {}
+        results = evaluate(self.apply_fn, state.variables, self.source, batch_size=self.config.eval_batch_size,
+                           sigma=self.config.sigma, key=self.key, mesh=self.mesh)
+        reporter.scalars(step, {f"eval_{k}": v for k, v in results.items()})
+        if self.best is not None:
+            self.best.update(step, results, _as_dict(state))
+            if final:
+                self.best.close()
+        return results
 
 
 def _initial_state(ckpt, start, init, init_key, tx, repl, pretrained, old_classes, num_classes):
