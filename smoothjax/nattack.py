@@ -13,17 +13,23 @@ population 300, sigma 0.1, lr 0.02, at most 500 iterations, ``mu`` initialised t
 
 An image counts as broken as soon as one queried candidate (the population or the mean's projection) is
 classified (argmax of ``score_fn``) as another class; its search then stops. Every candidate lies in the box and
-in [0, 1] by construction. Batches of images are attacked together (vectorised over the batch); each iteration is
-one jitted step and the Python loop stops early when every image is broken.
+in [0, 1] by construction. Batches of images are attacked together (vectorised over the batch, which is sharded
+over the devices of the 1-D ``data`` mesh, as in training); each iteration is one jitted step, compiled once per
+score function and settings, and the Python loop stops early when every image is broken.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from smoothjax import parallel
+from smoothjax.parallel import DATA_AXIS
 
 _CLIP = 1 - 1e-6  # keeps arctanh finite at pixel values 0 and 1
 
@@ -51,32 +57,32 @@ def margin_loss(probs: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.maximum(true - other, 0.0)
 
 
-def make_nattack_step(score_fn: Callable, *, epsilon, population: int = 300, sigma: float = 0.1,
-                      learning_rate: float = 0.02, chunk_size: int | None = None) -> Callable:
-    """One NES iteration ``step(x, y, mu, done, key) -> (mu, broken, adv)`` (pure; jit it).
+def make_nattack_step(score_fn: Callable, *, population: int = 300, sigma: float = 0.1,
+                      learning_rate: float = 0.02, chunk_size: int | None = None, mesh=None) -> Callable:
+    """One NES iteration ``step(x, y, mu, done, key, epsilon, *score_args) -> (mu, broken, adv)`` (pure; jit it).
 
-    ``x`` (B, H, W, C), ``y`` (B,), ``mu`` (B, H, W, C), ``done`` (B,) bool (broken earlier: mu is frozen).
-    ``broken`` (B,) bool: some candidate of this iteration is misclassified; ``adv`` (B, H, W, C): the first such
-    candidate (the mean's projection first, then the population in order), else the mean's projection.
-    ``score_fn`` is called on (population * B) images ``chunk_size`` candidates at a time (None = all).
+    ``x`` (B, H, W, C), ``y`` (B,), ``mu`` (B, H, W, C), ``done`` (B,) bool (broken earlier: mu is frozen),
+    ``epsilon`` the L-inf budget (may be traced). ``broken`` (B,) bool: some candidate of this iteration is
+    misclassified; ``adv`` (B, H, W, C): the first such candidate (the mean's projection first, then the population
+    in order), else the mean's projection. ``score_fn(images (B, ...), *score_args) -> (B, K)`` is ``jax.vmap``-ed
+    over the candidates, ``chunk_size`` of them at a time (None = all at once): every candidate of image b is scored
+    with the same randomness, so a stochastic score_fn with a fixed key is one deterministic classifier.
+    With ``mesh``, the draws are laid out batch-sharded over its ``data`` axis (the batch is data-parallel); with
+    JAX's partitionable threefry the values do not depend on the number of devices.
     """
 
-    def scores_of(images):  # (n, B, ...) -> (n, B, K)
-        n, b = images.shape[:2]
-        flat = images.reshape((n * b,) + images.shape[2:])
-        if chunk_size is None or chunk_size >= n * b:
-            out = score_fn(flat)
-        else:
-            pad = (-flat.shape[0]) % chunk_size
-            padded = jnp.concatenate([flat, jnp.zeros((pad,) + flat.shape[1:], flat.dtype)])
-            out = jax.lax.map(score_fn, padded.reshape((-1, chunk_size) + flat.shape[1:])).reshape(
-                (padded.shape[0], -1))[: flat.shape[0]]
-        return out.reshape((n, b, -1))
+    def scores_of(images, score_args):  # (n, B, ...) -> (n, B, K)
+        one = lambda im: score_fn(im, *score_args)  # noqa: E731
+        if chunk_size is None or chunk_size >= images.shape[0]:
+            return jax.vmap(one)(images)
+        return jax.lax.map(one, images, batch_size=chunk_size)
 
-    def step(x, y, mu, done, key):
+    def step(x, y, mu, done, key, epsilon, *score_args):
         z = jax.random.normal(key, (population,) + x.shape, x.dtype)
+        if mesh is not None:
+            z = jax.lax.with_sharding_constraint(z, NamedSharding(mesh, P(None, DATA_AXIS)))
         cands = candidates(x, mu, jnp.concatenate([jnp.zeros_like(z[:1]), z]), sigma, epsilon)  # mean first
-        probs = scores_of(cands)
+        probs = scores_of(cands, score_args)
         wrong = jnp.argmax(probs, -1) != y[None]  # (1 + n, B)
         broken = jnp.any(wrong, 0)
         first = jnp.argmax(wrong, 0)  # index of the first misclassified candidate (0 when none)
@@ -90,40 +96,80 @@ def make_nattack_step(score_fn: Callable, *, epsilon, population: int = 300, sig
     return step
 
 
-def nattack(score_fn: Callable, x: jax.Array, y: jax.Array, key: jax.Array, *, epsilon, population: int = 300,
-            sigma: float = 0.1, learning_rate: float = 0.02, max_iterations: int = 500,
-            chunk_size: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
-    """Runs NAttack on a batch; returns NumPy ``{"success" (B,) bool, "adversarial" (B, H, W, C), "queries" (B,)
-    int64, "iterations" int}``.
+@functools.lru_cache(maxsize=32)
+def _compiled_step(score_fn, population, sigma, learning_rate, chunk_size, mesh):
+    """One jitted step per (score_fn, settings, mesh): repeated ``nattack`` calls (batches, settings) reuse it."""
+    return jax.jit(make_nattack_step(score_fn, population=population, sigma=sigma, learning_rate=learning_rate,
+                                     chunk_size=chunk_size, mesh=mesh))
 
-    ``score_fn(images (N, H, W, C) in [0, 1]) -> (N, K)`` probabilities (only outputs are used); ``x`` (B, H, W, C)
-    in [0, 1], ``y`` (B,) labels; ``epsilon`` L-inf budget in pixel units. ``adversarial`` is the misclassified
-    candidate for broken images and x itself otherwise, so it always lies in the box and [0, 1]. ``queries``
-    counts score_fn evaluations per image (population + 1 per iteration run). Images already misclassified
-    count as broken with 1 query. ``progress(i)`` is called after each iteration.
+
+@functools.lru_cache(maxsize=32)
+def _compiled_predict(score_fn):
+    return jax.jit(lambda x, *score_args: jnp.argmax(score_fn(x, *score_args), -1))
+
+
+def _fetch(a) -> np.ndarray:
+    """A (possibly multi-process) sharded array as a whole NumPy array on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
+def nattack(score_fn: Callable, x, y, key: jax.Array, *, epsilon, population: int = 300, sigma: float = 0.1,
+            learning_rate: float = 0.02, max_iterations: int = 500, chunk_size: int | None = None,
+            score_args: tuple = (), active=None, mesh=None, progress: Callable[[int], None] | None = None) -> dict:
+    """Runs NAttack on a batch, data-parallel; returns NumPy ``{"success" (B,) bool, "adversarial" (B, H, W, C),
+    "queries" (B,) int64, "iterations" int}``.
+
+    ``score_fn(images (N, H, W, C) in [0, 1], *score_args) -> (N, K)`` probabilities (only outputs are used; pass
+    a function object that lives across calls, e.g. defined once at module level, and its changing inputs —
+    variables, keys, noise levels — in ``score_args``, so the jitted step compiles once); ``x`` (B, H, W, C) in
+    [0, 1], ``y`` (B,) labels, global arrays (NumPy or jax); ``epsilon`` L-inf budget in pixel units.
+    ``active`` (B,) bool (default all): rows that are False are not attacked (reported unbroken with 0 queries) —
+    pass a fixed-size batch and mask its unused tail. The batch is sharded over the ``data`` axis of ``mesh``
+    (default ``parallel.make_mesh()``: all devices), padded to a multiple of the device count with inactive rows.
+    When B is already such a multiple, score_fn sees the same shapes on any number of devices and the result does
+    not depend on the device count (random draws use partitionable threefry). ``adversarial`` is the
+    misclassified candidate for broken images and x itself otherwise, so it
+    always lies in the box and [0, 1]. ``queries`` counts score_fn evaluations per image (population + 1 per
+    iteration run). Images already misclassified count as broken with 1 query. ``progress(i)`` is called after
+    each iteration.
     """
     for name, v in (("population", population), ("max_iterations", max_iterations)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} is not allowed; it must be an int >= 1")
     if not (np.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon={epsilon!r} is not allowed; it must be a finite number >= 0 (pixel L-inf units)")
-    step = jax.jit(make_nattack_step(score_fn, epsilon=epsilon, population=population, sigma=sigma,
-                                     learning_rate=learning_rate, chunk_size=chunk_size))
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    done = np.asarray(jnp.argmax(score_fn(x), -1) != y)
-    adversarial = np.array(x)
-    queries = np.ones(x.shape[0], np.int64)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    step = _compiled_step(score_fn, population, float(sigma), float(learning_rate), chunk_size, mesh)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    b = x.shape[0]
+    active = np.ones(b, bool) if active is None else np.asarray(active, bool)
+    if active.shape != (b,):
+        raise ValueError(f"active has shape {active.shape}; it must be one bool per image, shape ({b},)")
+    pad = (-b) % mesh.devices.size
+    shard = parallel.batch_sharding(mesh)
+    gx = jax.device_put(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]), shard)
+    gy = jax.device_put(np.concatenate([y, np.zeros((pad,), y.dtype)]), shard)
+    score_args = jax.device_put(tuple(score_args), parallel.replicated(mesh))
+    done = np.concatenate([(_fetch(_compiled_predict(score_fn)(gx, *score_args))[:b] != y) | ~active,
+                           np.ones(pad, bool)])
+    adversarial = x.copy()
+    queries = active.astype(np.int64)
     init_key, key = jax.random.split(key)
-    mu = 0.001 * jax.random.normal(init_key, x.shape, x.dtype)
+    mu = jax.device_put(0.001 * jax.random.normal(init_key, gx.shape, gx.dtype), shard)
+    eps = jnp.float32(epsilon)
     iterations = 0
     while iterations < max_iterations and not done.all():
-        mu, broken, adv = step(x, y, mu, jnp.asarray(done), jax.random.fold_in(key, iterations))
-        broken, adv = np.asarray(broken), np.asarray(adv)
-        queries += np.where(done, 0, population + 1)
-        new = broken & ~done
-        adversarial[new] = adv[new]
+        mu, broken, adv = step(gx, gy, mu, jax.device_put(done, shard), jax.random.fold_in(key, iterations), eps,
+                               *score_args)
+        broken, adv = _fetch(broken), _fetch(adv)
+        queries += np.where(done[:b], 0, population + 1)
+        new = (broken & ~done)[:b]
+        adversarial[new] = adv[:b][new]
         done = done | broken
         iterations += 1
         if progress is not None:
             progress(iterations)
-    return {"success": done, "adversarial": adversarial, "queries": queries, "iterations": iterations}
+    return {"success": done[:b] & active, "adversarial": adversarial, "queries": queries, "iterations": iterations}

@@ -4,8 +4,11 @@
         --noise_sd 0.0,0.0625 --m_test 1,8,64 --attacks clean,pgd,epgd,transfer,nattack --max_images 1000 \\
         --out runs/siam_pni/robustness
 
-For every (noise_sd, m_test) setting the trained model is re-instantiated with that input-noise level (same
-variables) and predicts with ``smoothing.smoothed_predict`` (``--mode``). Attacks, all L-inf with budget
+For every (noise_sd, m_test) setting the trained model (same variables) predicts with ``smoothing.smoothed_scores``
+(``--mode``) at that input-noise level. ``noise_sd`` is a traced argument (``noisy_apply_fn``) and the attacks do
+not depend on m_test, so one compilation per function serves the whole sweep (only ``m_test``, which fixes shapes,
+is static: one predict compilation per m_test value), and each batch's attacks are crafted once per noise_sd.
+Attacks, all L-inf with budget
 ``--epsilon`` in pixel units (default 8/255):
 
 * ``pgd``: white-box PGD (``--pgd_steps`` steps of eps/4, random start) on the single-pass objective (one
@@ -15,8 +18,9 @@ variables) and predicts with ``smoothing.smoothed_predict`` (``--mode``). Attack
 * ``nattack``: black-box NAttack on the smoothed classifier's normalised scores (``smoothjax.nattack``).
 
 Writes ``results.json``, ``results.tsv``, ``results.md`` (a markdown table) and ``accuracy.png`` (accuracy against
-m_test per noise_sd and against noise_sd per m_test) to ``--out``. Batches are sharded over all devices
-(data-parallel, as training); every long loop reports progress.
+m_test per noise_sd and against noise_sd per m_test) to ``--out``, plus ``metrics.jsonl`` and a progress bar (or
+periodic log lines off a terminal) over images x settings, with the NAttack iteration as a postfix
+(``reporting.Reporter``). Batches, NAttack's included, are sharded over all devices (data-parallel, as training).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +44,33 @@ from smoothjax.smoothing import check_mode, smoothed_scores
 ATTACKS = ("clean", "pgd", "epgd", "transfer", "nattack")
 
 
-def _with_noise(model, noise_sd):
-    return model.clone(noise_sd=noise_sd) if hasattr(model, "noise_sd") else model
+def noisy_apply_fn(model) -> Callable:
+    """``apply(variables, images, key, noise_sd, input_noise=True) -> logits``: one stochastic pass of ``model``
+    with the input-noise level as a (traced) argument instead of a static model field.
+
+    ``noise_sd`` is a (C,) float32 array in pixel units (``as_noise_sd``). The model's own input noise is switched
+    off and ``images + noise_sd * z`` (z ~ N(0, I), a fresh draw per image and pass, from ``split(key)[0]``) is fed
+    to it — the same distribution as the model's built-in input noise, so one compilation serves every noise level.
+    Weight noise (PNI/CPNI) comes from ``split(key)[1]``; a deterministic model gets input noise only.
+    """
+    base = model.clone(noise_sd=0.0) if hasattr(model, "noise_sd") else model
+    apply_fn = make_stochastic_apply_fn(base)
+
+    def apply(variables, images, key, noise_sd, input_noise: bool = True):
+        noise_key, key = jax.random.split(key)
+        if input_noise:
+            images = images + noise_sd.astype(images.dtype) * jax.random.normal(noise_key, images.shape, images.dtype)
+        return apply_fn(variables, images, key, input_noise=False)
+
+    return apply
+
+
+def as_noise_sd(noise_sd, channels: int) -> np.ndarray:
+    """(C,) float32 per-channel input-noise std in pixel units from a float or a per-channel sequence."""
+    sd = np.asarray(noise_sd, np.float32)
+    if sd.ndim > 1 or (sd.ndim == 1 and sd.shape[0] != channels) or not np.all(np.isfinite(sd)) or np.any(sd < 0):
+        raise ValueError(f"noise_sd={noise_sd!r} is not allowed; it must be a float >= 0 or {channels} of them")
+    return np.broadcast_to(sd, (channels,)).copy()
 
 
 def _probabilities(scores, mode):
@@ -50,13 +80,61 @@ def _probabilities(scores, mode):
     return scores / jnp.sum(scores, -1, keepdims=True)
 
 
-def evaluate_setting(model, variables, images, labels, *, noise_sd, m_test: int, mode: str, attacks, key,
-                     epsilon=8 / 255, pgd_steps: int = 7, eot_passes: int = 8, source=None, batch_size: int = 100,
-                     chunk_size: int | None = None, nattack_kwargs=None, reporter=None) -> dict:
-    """Accuracy (fraction of ``images``) of the smoothed ``model`` at (noise_sd, m_test) under each attack.
+class Programs:
+    """The jitted functions of one evaluation, built once and reused over the whole (noise_sd, m_test) grid and
+    every batch: ``noise_sd`` is a traced argument everywhere; ``m_test`` is static only in ``predict`` and the
+    NAttack score (the number of passes fixes shapes); the crafted attacks do not depend on m_test at all."""
 
-    ``images`` (N, H, W, C) in [0, 1] NumPy, ``labels`` (N,); ``source`` = (model, variables) for ``transfer``.
-    Returns ``{"noise_sd", "m_test", "mode", "count", <attack>: accuracy}``.
+    def __init__(self, model, *, mode, epsilon, pgd_steps, eot_passes, source, chunk_size, pass_loop="vmap"):
+        apply = noisy_apply_fn(model)
+        self.compiles = 0  # traces of the jitted functions (each is one XLA compilation)
+
+        def traced(f):
+            def g(*a, **k):
+                self.compiles += 1
+                return f(*a, **k)
+            return g
+
+        def scores(v, x, k, sd, m):
+            one = lambda vv, xx, kk, input_noise=True: apply(vv, xx, kk, sd, input_noise)  # noqa: E731
+            return smoothed_scores(k, one, v, x, num_samples=m, mode=mode, chunk_size=chunk_size)
+
+        def craft(v, x, y, k, sd, passes):
+            one = lambda vv, xx, kk: apply(vv, xx, kk, sd)  # noqa: E731
+            return pgd_linf(one, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps, num_passes=passes,
+                            pass_loop=pass_loop)
+
+        self.predict = jax.jit(traced(lambda v, x, k, sd, m: jnp.argmax(scores(v, x, k, sd, m), -1)),
+                               static_argnums=4)
+        self.craft = {"pgd": jax.jit(traced(lambda v, x, y, k, sd: craft(v, x, y, k, sd, 1))),
+                      "epgd": jax.jit(traced(lambda v, x, y, k, sd: craft(v, x, y, k, sd, eot_passes)))}
+        self._nattack_scores = {}
+        self._scores, self._mode = scores, mode
+        if source is not None:
+            src_apply = make_stochastic_apply_fn(source[0])  # the source keeps its own noise settings
+            self.craft["transfer"] = jax.jit(traced(lambda v, x, y, k: pgd_linf(
+                src_apply, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps)))
+
+    def nattack_score(self, m: int) -> Callable:
+        """``score(images, variables, key, noise_sd)`` -> (N, K) smoothed probabilities, one function object per m."""
+        if m not in self._nattack_scores:
+            self._nattack_scores[m] = lambda x, v, k, sd: _probabilities(self._scores(v, x, k, sd, m), self._mode)
+        return self._nattack_scores[m]
+
+
+def evaluate_grid(model, variables, images, labels, *, noise_sds, m_tests, mode: str, attacks, key,
+                  epsilon=8 / 255, pgd_steps: int = 7, eot_passes: int = 8, source=None, batch_size: int = 100,
+                  chunk_size: int | None = 1, pass_loop: str = "vmap", nattack_kwargs=None, reporter=None,
+                  programs: Programs | None = None):
+    """Accuracy (fraction of ``images``) of the smoothed ``model`` under each attack, for every (noise_sd, m_test).
+
+    ``images`` (N, H, W, C) in [0, 1] NumPy, ``labels`` (N,); ``noise_sds``: floats or per-channel tuples (pixel
+    units); ``source`` = (model, variables) for ``transfer``. ``chunk_size`` passes are vmapped together (1 = one
+    pass at a time over the batch: fastest with weight noise, whose vmapped convs become slow grouped convs on CPU);
+    ``pass_loop`` is EPGD's (``linf_attacks.expectation_loss``).
+    Batches are sharded over all devices. The attacks of one batch are crafted once per noise_sd (transfer: once)
+    and evaluated at every m_test. Returns one row per setting, noise_sd-major:
+    ``{"noise_sd", "m_test", "mode", "count", <attack>: accuracy}``.
     """
     check_mode(mode)
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -67,43 +145,56 @@ def evaluate_setting(model, variables, images, labels, *, noise_sd, m_test: int,
     mesh = parallel.make_mesh()
     repl, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     parallel.check_batch_size(batch_size, mesh)
-    apply_fn = make_stochastic_apply_fn(_with_noise(model, noise_sd))
+    programs = programs or Programs(model, mode=mode, epsilon=epsilon, pgd_steps=pgd_steps, eot_passes=eot_passes,
+                                    source=source, chunk_size=chunk_size, pass_loop=pass_loop)
     variables = jax.device_put(variables, repl)
-    predict = jax.jit(lambda v, x, k: jnp.argmax(
-        smoothed_scores(k, apply_fn, v, x, num_samples=m_test, mode=mode, chunk_size=chunk_size), -1))
-    crafts = {"pgd": jax.jit(lambda v, x, y, k: pgd_linf(apply_fn, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps)),
-              "epgd": jax.jit(lambda v, x, y, k: pgd_linf(apply_fn, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps,
-                                                          num_passes=eot_passes))}
-    if source is not None:
-        src_apply = make_stochastic_apply_fn(source[0])
-        src_vars = jax.device_put(source[1], repl)
-        crafts["transfer"] = jax.jit(lambda v, x, y, k: pgd_linf(src_apply, src_vars, x, y, k, epsilon=epsilon,
-                                                                 num_steps=pgd_steps))
-    correct = {a: 0 for a in attacks}
+    src_vars = jax.device_put(source[1], repl) if source is not None else None
+    sds = [jax.device_put(as_noise_sd(sd, images.shape[-1]), repl) for sd in noise_sds]
+    correct = np.zeros((len(sds), len(m_tests), len(attacks)), np.int64)
     n = len(labels)
     for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
         x = np.zeros((batch_size,) + images.shape[1:], np.float32)
         y = np.zeros((batch_size,), np.int32)
-        rows = min(batch_size, n - start)
         x[:rows], y[:rows] = images[start:start + rows], labels[start:start + rows]
         gx, gy = jax.device_put(x, shard), jax.device_put(y, shard)
-        bkey = jax.random.fold_in(key, start)
-        for i, attack in enumerate(attacks):
-            akey, pkey = jax.random.split(jax.random.fold_in(bkey, i))
-            if attack == "nattack":
-                score = lambda im: _probabilities(smoothed_scores(pkey, apply_fn, variables, im,  # noqa: E731
-                                                                  num_samples=m_test, mode=mode,
-                                                                  chunk_size=chunk_size), mode)
-                out = nattack(score, gx[:rows], gy[:rows], akey, epsilon=epsilon, **(nattack_kwargs or {}))
-                correct[attack] += int(np.sum(~out["success"]))
-                continue
-            xa = gx if attack == "clean" else crafts[attack](variables, gx, gy, akey)
-            pred = np.asarray(predict(variables, xa, pkey))
-            correct[attack] += int(np.sum(pred[:rows] == y[:rows]))
-        if reporter is not None:
-            reporter.advance(rows)
-    return {"noise_sd": noise_sd, "m_test": m_test, "mode": mode, "count": n,
-            **{a: correct[a] / max(n, 1) for a in attacks}}
+        # One prediction key per batch for every attack (the same smoothed classifier judges clean and attacked
+        # images: common random numbers); one crafting key per attack.
+        pkey, ckey = jax.random.split(jax.random.fold_in(key, start))
+        akeys = [jax.random.fold_in(ckey, i) for i in range(len(attacks))]
+        transfer = (programs.craft["transfer"](src_vars, gx, gy, akeys[attacks.index("transfer")])
+                    if "transfer" in attacks else None)
+        for s, sd in enumerate(sds):
+            crafted = {"clean": gx, "transfer": transfer}
+            crafted.update({a: programs.craft[a](variables, gx, gy, akeys[i], sd)
+                            for i, a in enumerate(attacks) if a in ("pgd", "epgd")})
+            for j, m in enumerate(m_tests):
+                for i, attack in enumerate(attacks):
+                    akey = akeys[i]
+                    if attack == "nattack":
+                        progress = None if reporter is None else (
+                            lambda it: reporter.advance(0, nattack_iteration=it))  # noqa: E731
+                        out = nattack(programs.nattack_score(m), x, y, akey, epsilon=epsilon,
+                                      score_args=(variables, pkey, sd), active=np.arange(batch_size) < rows,
+                                      mesh=mesh, progress=progress, **(nattack_kwargs or {}))
+                        correct[s, j, i] += int(np.sum(~out["success"][:rows]))
+                        continue
+                    pred = np.asarray(programs.predict(variables, crafted[attack], pkey, sd, m))
+                    correct[s, j, i] += int(np.sum(pred[:rows] == y[:rows]))
+                if reporter is not None:
+                    reporter.advance(rows)
+    return [{"noise_sd": _plain(sd), "m_test": m, "mode": mode, "count": n,
+             **{a: float(correct[s, j, i]) / max(n, 1) for i, a in enumerate(attacks)}}
+            for s, sd in enumerate(noise_sds) for j, m in enumerate(m_tests)]
+
+
+def _plain(sd):
+    return [float(v) for v in sd] if np.ndim(sd) else float(sd)
+
+
+def evaluate_setting(model, variables, images, labels, *, noise_sd, m_test: int, **kwargs) -> dict:
+    """``evaluate_grid`` for one (noise_sd, m_test) setting; returns its row."""
+    return evaluate_grid(model, variables, images, labels, noise_sds=[noise_sd], m_tests=[m_test], **kwargs)[0]
 
 
 def write_results(rows: list, out_dir) -> None:
@@ -124,8 +215,8 @@ def write_results(rows: list, out_dir) -> None:
 
     attacks = [a for a in ATTACKS if a in rows[0]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for sd in sorted({r["noise_sd"] for r in rows}, key=str):
-        sel = sorted((r for r in rows if r["noise_sd"] == sd), key=lambda r: r["m_test"])
+    for sd in sorted({str(r["noise_sd"]) for r in rows}):
+        sel = sorted((r for r in rows if str(r["noise_sd"]) == sd), key=lambda r: r["m_test"])
         for a in attacks:
             axes[0].plot([r["m_test"] for r in sel], [r[a] for r in sel], marker="o", label=f"{a}, sd={sd}")
     for m in sorted({r["m_test"] for r in rows}):
@@ -161,7 +252,8 @@ def main(argv=None) -> list:
     p.add_argument("--pgd_steps", type=int, default=7)
     p.add_argument("--eot_passes", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=100)
-    p.add_argument("--chunk_size", type=int, default=0)
+    p.add_argument("--chunk_size", type=int, default=1, help="passes vmapped together (0 = all at once)")
+    p.add_argument("--pass_loop", default="vmap", help="EPGD's passes: vmap | scan (linf_attacks.expectation_loss)")
     p.add_argument("--nattack_population", type=int, default=300)
     p.add_argument("--nattack_iterations", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -178,17 +270,13 @@ def main(argv=None) -> list:
     attacks = [s for s in a.attacks.split(",") if s]
     out = Path(a.out or Path(a.workdir) / "robustness")
     reporter = Reporter(out, total=count * len(sds) * len(ms), unit="image", description="robustness")
-    rows = []
-    for sd in sds:
-        for m in ms:
-            rows.append(evaluate_setting(model, variables, images, labels, noise_sd=sd, m_test=m, mode=a.mode,
-                                         attacks=attacks, key=jax.random.key(a.seed), epsilon=a.epsilon,
-                                         pgd_steps=a.pgd_steps, eot_passes=a.eot_passes, source=source,
-                                         batch_size=a.batch_size, chunk_size=a.chunk_size or None,
-                                         nattack_kwargs={"population": a.nattack_population,
-                                                         "max_iterations": a.nattack_iterations},
-                                         reporter=reporter))
-            reporter.write(json.dumps(rows[-1]))
+    rows = evaluate_grid(model, variables, images, labels, noise_sds=sds, m_tests=ms, mode=a.mode, attacks=attacks,
+                         key=jax.random.key(a.seed), epsilon=a.epsilon, pgd_steps=a.pgd_steps,
+                         eot_passes=a.eot_passes, source=source, batch_size=a.batch_size,
+                         chunk_size=a.chunk_size or None, pass_loop=a.pass_loop, reporter=reporter,
+                         nattack_kwargs={"population": a.nattack_population, "max_iterations": a.nattack_iterations})
+    for row in rows:
+        reporter.write(json.dumps(row))
     reporter.close()
     write_results(rows, out)
     return rows

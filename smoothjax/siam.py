@@ -13,7 +13,8 @@ first and the adversarial pass second, batch-norm statistics updated by both in 
 
 Config (``loss='siam'``): the sub-dict ``config.siam`` with ``attack`` (none | pgd), ``epsilon`` (pixel units,
 8/255), ``num_steps`` (7), ``step_size`` (0 = epsilon / 4), ``m_train`` (1 = PGD, 8 = the paper's EPGD),
-``adv_weight`` (0.5); plus ``eval_num_samples`` / ``eval_mode`` for the smoothed evaluation of ``eval_apply_fn``.
+``adv_weight`` (0.5), ``pass_loop`` (vmap | scan, see ``linf_attacks.expectation_loss``); plus
+``eval_num_samples`` / ``eval_mode`` for the smoothed evaluation of ``eval_apply_fn``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smoothjax.linf_attacks import pgd_linf
+from smoothjax.linf_attacks import PASS_LOOPS, pgd_linf
 from smoothjax.models import is_stochastic, make_apply_fn, make_stochastic_apply_fn
 from smoothjax.models.noise_layers import NOISE_RNG
 from smoothjax.smoothing import check_mode, smoothed_apply_fn
@@ -56,14 +57,17 @@ def train_mode_logits(model: nn.Module, params, model_state, images, key):
 
 def adversarial_training_loss(model: nn.Module, *, attack: str = "pgd", epsilon: float = 8 / 255,
                               num_steps: int = 7, step_size: float = 0.0, m_train: int = 1,
-                              adv_weight: float = 0.5) -> Callable:
+                              adv_weight: float = 0.5, pass_loop: str = "vmap") -> Callable:
     """SIAM's loss (module docstring). ``epsilon``/``step_size`` in pixel units (``step_size`` 0 = epsilon / 4).
 
+    ``pass_loop`` (``vmap`` | ``scan``): how EPGD's m_train passes run (``linf_attacks.expectation_loss``).
     Metrics: ``loss``, ``accuracy`` (clean, training-mode pass), ``adv_accuracy`` (on ``x_adv``; equals
     ``accuracy`` when ``attack='none'``).
     """
     check_settings(attack=attack, epsilon=epsilon, num_steps=num_steps, step_size=step_size, m_train=m_train,
                    adv_weight=adv_weight)
+    if pass_loop not in PASS_LOOPS:
+        raise ValueError(f"pass_loop={pass_loop!r} is not allowed; choose one of: {', '.join(PASS_LOOPS)}")
     attack_apply = make_stochastic_apply_fn(model)
     step = step_size or epsilon / 4
 
@@ -77,7 +81,7 @@ def adversarial_training_loss(model: nn.Module, *, attack: str = "pgd", epsilon:
             return clean_loss, (state, {"loss": clean_loss, "accuracy": accuracy, "adv_accuracy": accuracy})
         frozen = jax.lax.stop_gradient({"params": params, **model_state})
         x_adv = pgd_linf(attack_apply, frozen, x, y, attack_key, epsilon=epsilon, num_steps=num_steps,
-                         step_size=step, num_passes=m_train)
+                         step_size=step, num_passes=m_train, pass_loop=pass_loop)
         adv_logits, state = train_mode_logits(model, params, state, x_adv, adv_key)
         loss = adv_weight * cross_entropy(adv_logits, y) + (1 - adv_weight) * clean_loss
         adv_accuracy = jnp.mean(jnp.argmax(adv_logits, -1) == y)
@@ -91,7 +95,8 @@ def loss_from_config(model: nn.Module, config) -> Callable:
     s = config.get("siam") or {}
     return adversarial_training_loss(model, attack=s.get("attack", "pgd"), epsilon=s.get("epsilon", 8 / 255),
                                      num_steps=s.get("num_steps", 7), step_size=s.get("step_size", 0.0),
-                                     m_train=s.get("m_train", 1), adv_weight=s.get("adv_weight", 0.5))
+                                     m_train=s.get("m_train", 1), adv_weight=s.get("adv_weight", 0.5),
+                                     pass_loop=s.get("pass_loop", "vmap"))
 
 
 def eval_apply_fn(model: nn.Module, config) -> Callable:

@@ -70,6 +70,10 @@ def stochastic_logits(key: jax.Array, apply_fn: Callable, variables, x: jax.Arra
     ``apply_fn(variables, images, key, input_noise=...)`` is one pass (``models.make_stochastic_apply_fn``); pass
     j uses ``jax.random.split(key, num_samples)[j]``. The passes run ``jax.vmap``-ed, ``chunk_size`` at a time
     (None = all at once), so memory is bounded by ``chunk_size`` passes whatever ``num_samples`` is.
+    Speed on CPU: with weight noise (PNI/CPNI) every pass has its own weights, and vmapped passes turn each conv
+    into a grouped conv that XLA:CPU runs about 5x slower than one pass at a time over the batch — use
+    ``chunk_size=1`` for such models (``robustness_eval`` and ``benchmarks/siam_throughput.py`` do); with input
+    noise only, vmapped passes are one large batch and None is fastest.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples={num_samples!r} is not allowed; it must be an int >= 1")

@@ -51,3 +51,58 @@ def test_candidates_never_leave_the_box():
 def test_margin_loss_closed_form():
     p = jnp.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
     np.testing.assert_allclose(np.asarray(margin_loss(p, jnp.array([0, 0]))), [np.log(3.5), 0.0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ data parallel: 4 devices = 1 device
+def _noisy_linear_score(images, w, key):
+    """A stochastic 3-class linear classifier with fixed randomness: input noise from ``key`` (score_args)."""
+    noisy = images + 0.02 * jax.random.normal(key, images.shape, images.dtype)
+    return jax.nn.softmax(noisy.reshape(noisy.shape[0], -1) @ w, -1)
+
+
+def _devices_problem():
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(16, 3)).astype(np.float32)
+    x = rng.uniform(0.3, 0.7, size=(8, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(x.reshape(8, -1) @ w, -1).astype(np.int32)
+    return w, x, y
+
+
+def _devices_run() -> dict:
+    w, x, y = _devices_problem()
+    out = nattack(_noisy_linear_score, x, y, jax.random.key(3), epsilon=0.17, population=40, max_iterations=25,
+                  score_args=(jnp.asarray(w), jax.random.key(9)), active=np.arange(8) < 6)
+    return {"devices": jax.device_count(), "success": out["success"].tolist(), "queries": out["queries"].tolist(),
+            "iterations": out["iterations"], "adversarial": out["adversarial"].tolist()}
+
+
+def test_nattack_on_four_devices_matches_one_device():
+    """The batch of 8 (the last 2 rows masked as unused) is sharded over a 4-device mesh (forced CPU devices); the
+    outcome is the one of the single-device run: same successes, queries and adversarial images."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    runs = {}
+    for n in (1, 4):
+        proc = subprocess.run([sys.executable, __file__], env=subprocess_env(n), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs[1]["devices"] == 1 and runs[4]["devices"] == 4
+    assert 0 < sum(runs[1]["success"][:6]) < 6, runs[1]["success"]  # a non-trivial outcome: some broken, some not
+    assert runs[1]["success"][6:] == [False, False] and runs[1]["queries"][6:] == [0, 0]  # masked rows untouched
+    for k in ("success", "queries", "iterations"):
+        assert runs[4][k] == runs[1][k], k
+    np.testing.assert_allclose(np.array(runs[4]["adversarial"]), np.array(runs[1]["adversarial"]), atol=1e-6)
+    w, x, _ = _devices_problem()
+    adv = np.array(runs[4]["adversarial"], np.float32)
+    assert np.max(np.abs(adv - x)) <= 0.17 + 1e-6
+
+
+if __name__ == "__main__":  # child process of test_nattack_on_four_devices_matches_one_device
+    import json
+
+    print(json.dumps(_devices_run()))

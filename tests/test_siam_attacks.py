@@ -33,7 +33,8 @@ def test_pgd_and_epgd_stay_in_the_box_and_the_image_range(pni_model, num_passes=
     np.testing.assert_allclose(np.asarray(x_adv)[1], np.clip(np.asarray(x_adv)[1], 1 - eps, 1.0))
 
 
-def test_epgd_gradient_is_the_mean_of_per_pass_gradients(pni_model):
+@pytest.mark.parametrize("pass_loop", ["vmap", "scan"])
+def test_epgd_gradient_is_the_mean_of_per_pass_gradients(pni_model, pass_loop):
     apply_fn, variables, x, y = pni_model
     key, m = jax.random.key(11), 4
 
@@ -43,7 +44,8 @@ def test_epgd_gradient_is_the_mean_of_per_pass_gradients(pni_model):
 
     grad_one = jax.jit(jax.grad(one_pass_loss))
     per_pass = [np.asarray(grad_one(x, k), np.float64) for k in jax.random.split(key, m)]
-    got = jax.jit(lambda xx, k: expectation_gradient(apply_fn, variables, xx, y, k, num_passes=m))(x, key)
+    got = jax.jit(lambda xx, k: expectation_gradient(apply_fn, variables, xx, y, k, num_passes=m,
+                                                     pass_loop=pass_loop))(x, key)
     got = np.asarray(got, np.float64)
     np.testing.assert_allclose(got, np.mean(per_pass, axis=0), rtol=2e-4, atol=1e-7)
     assert np.max(np.abs(per_pass[0] - per_pass[1])) > 1e-4  # the passes really differ (noise on)
@@ -69,3 +71,6 @@ def test_project_linf_and_bad_arguments():
                  num_passes=0)
     with pytest.raises(ValueError, match="y has shape"):
         pgd_linf(lambda v, x, k: x, None, jnp.zeros((1, 2, 2, 1)), jnp.zeros((2,), jnp.int32), jax.random.key(0))
+    with pytest.raises(ValueError, match="pass_loop='loop'"):
+        pgd_linf(lambda v, x, k: x, None, jnp.zeros((1, 2, 2, 1)), jnp.zeros((1,), jnp.int32), jax.random.key(0),
+                 num_steps=1, pass_loop="loop")

@@ -41,6 +41,8 @@ def test_loss_is_the_weighted_mix_of_adversarial_and_clean_cross_entropy(adv_wei
                                _ce(clean, y), rtol=1e-5)
     with pytest.raises(ValueError, match="adv_weight=1.5"):
         adversarial_training_loss(model, adv_weight=1.5)
+    with pytest.raises(ValueError, match="pass_loop='unroll'"):
+        adversarial_training_loss(model, pass_loop="unroll")
 
 
 def test_multistep_schedule_divides_at_the_milestones():
