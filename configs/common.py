@@ -69,7 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
         "base_attack": False,
         # Sequential mode (mode='sequential', smoothjax.sequential): stop once the radius grid is settled. radii:
         # '' = 0, 0.25, ... up to 3 sigma; else '0,0.25,0.5' or 'start:stop:step'. cs_method: betting | union.
-        "radii": "", "max_samples": 100_000, "cs_method": "betting",
+        # futility: 'projected' gives up on the next radius when even an optimistic miss rate (Clopper-Pearson at
+        # futility_level) would not certify it by max_samples; 'exact' only when all-hits could not. Both are valid.
+        "radii": "", "max_samples": 100_000, "cs_method": "betting", "futility": "projected", "futility_level": 0.01,
         # sound: exact grid noise (smoothjax.sound_noise), inputs rounded to the 1/255 grid; randomized_cp: the
         # randomized Clopper-Pearson bound (mode='certify'); both write separately named logs.
         "sound": False, "randomized_cp": False})

@@ -2,7 +2,9 @@
 Clopper-Pearson; their settings, log names, evaluation and rows. ``smoothjax.certify_loop`` calls into this module.
 
 * ``mode='sequential'``: ``sequential.certify_sequential`` on the radius grid ``certify.radii`` with
-  ``certify.n0``, ``certify.max_samples``, ``certify.cs_method``; the log ``sequential_sigma_<s>.tsv`` has the
+  ``certify.n0``, ``certify.max_samples``, ``certify.cs_method``, ``certify.futility`` (``projected`` or
+  ``exact``) and ``certify.futility_level``; both futility settings are always recorded, so a log begun under
+  another stopping rule is never continued under this one; the log ``sequential_sigma_<s>.tsv`` has the
   reference certification columns plus ``samples`` (forward passes spent on the image, n0 included).
 * ``sound=True`` (any mode): exact grid noise (``smoothjax.sound_noise``), which needs inputs on the 1/255 grid.
   8-bit data already are; other data (the digits are k/16) are **rounded to the grid** (each pixel moves by at most
@@ -24,7 +26,7 @@ import numpy as np
 
 from smoothjax import confidence_sequences, sound_noise
 from smoothjax.analysis import parse_radii
-from smoothjax.sequential import check_radii
+from smoothjax.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_radii
 
 HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime",
            "sequential": "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"}
@@ -69,6 +71,17 @@ def validate(cc, sigma: float) -> None:
             raise ValueError(f"certify.cs_method={method!r} is not allowed; choose one of: "
                              f"{', '.join(confidence_sequences.METHODS)}")
         resolve_radii(cc.get("radii", ""), sigma)
+        futility = cc.get("futility", FUTILITY_RULES[0])
+        if futility not in FUTILITY_RULES:
+            raise ValueError(f"certify.futility={futility!r} is not allowed; choose one of: {', '.join(FUTILITY_RULES)}")
+        level = cc.get("futility_level", FUTILITY_LEVEL)
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+            raise ValueError(f"certify.futility_level={level!r} is not allowed; it must be a number in (0, 1)")
+
+
+def _futility(cc) -> dict:
+    return {"futility": cc.get("futility", FUTILITY_RULES[0]),
+            "futility_level": float(cc.get("futility_level", FUTILITY_LEVEL))}
 
 
 def log_variants(cc) -> tuple:
@@ -83,6 +96,7 @@ def settings(cc, sigma: float) -> dict:
     if cc.mode == "sequential":
         out = {k: cc[k] for k in ("n0", "max_samples", "alpha", "batch_size", "skip", "seed", "cs_method")}
         out["radii"] = list(resolve_radii(cc.get("radii", ""), sigma))
+        out.update(_futility(cc))
     if cc.get("sound", False):
         out["sound"] = "exact 1/255 grid noise; inputs rounded to the 1/255 grid"
     if cc.get("randomized_cp", False):
@@ -101,7 +115,7 @@ def evaluator(cc, sigma: float, apply_fn, num_classes: int):
 
         def run(keys, variables, x):
             cert = certify_sequential(keys, apply_fn, variables, x, radii=radii, n0=cc.n0, max_samples=cc.max_samples,
-                                      method=cc.cs_method, **common)
+                                      method=cc.cs_method, **_futility(cc), **common)
             return cert.prediction, cert.radius, cert.num_samples
         return run
     if cc.get("randomized_cp", False):

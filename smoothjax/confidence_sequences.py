@@ -102,7 +102,7 @@ def bounds(method: str, successes, trials, alpha: float, num_checks: int):
     return union_bounds(successes, trials, alpha / num_checks)
 
 
-def _first_true(pred, lo, hi):
+def first_true(pred, lo, hi):
     """Smallest integer s in [lo, hi] with pred(s), for pred monotone (False...True) on [lo, hi]; hi + 1 if none."""
     lo = np.asarray(lo, np.int64) + np.zeros(np.shape(hi), np.int64)
     top = np.asarray(hi, np.int64) + np.zeros(lo.shape, np.int64)
@@ -138,14 +138,14 @@ def decision_tables(method: str, alpha: float, checks, thresholds):
     if method == "betting":
         threshold = np.log(1.0 / alpha) + _LOG_MARGIN
         start = np.ceil(p * t).astype(np.int64)  # S >= p t: p is at or below the mean S / t.
-        s_lower = _first_true(lambda s: betting_log_wealth(p, s, t) >= threshold, start, t)
+        s_lower = first_true(lambda s: betting_log_wealth(p, s, t) >= threshold, start, t)
         stop = np.floor(p * t).astype(np.int64)
-        s_upper = _first_true(lambda s: betting_log_wealth(p, s, t) < threshold, 0, stop) - 1
+        s_upper = first_true(lambda s: betting_log_wealth(p, s, t) < threshold, 0, stop) - 1
     else:
         level = alpha / len(checks) * _LEVEL_FACTOR
         # L >= p  iff  P_p[X >= S] <= level;  U < p  iff  P_p[X <= S] <= level  (X ~ Binomial(t, p)).
-        s_lower = _first_true(lambda s: scipy.stats.binom.sf(s - 1, t, p) <= level, 0, t)
-        s_upper = _first_true(lambda s: scipy.stats.binom.cdf(s, t, p) > level, 0, t) - 1
+        s_lower = first_true(lambda s: scipy.stats.binom.sf(s - 1, t, p) <= level, 0, t)
+        s_upper = first_true(lambda s: scipy.stats.binom.cdf(s, t, p) > level, 0, t) - 1
     return s_lower, s_upper
 
 

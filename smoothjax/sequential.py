@@ -6,16 +6,30 @@ and, after each batch, looks at an anytime-valid (1 - alpha) confidence sequence
 Clopper-Pearson over the checking times). With the grid thresholds ``p_g = Phi(r_g / sigma)`` of the radii
 ``r_1 < ... < r_G``, it stops after the first batch where
 
-* every grid radius that can still be certified is certified (``L_t >= p_g``), i.e. the next radius above the
-  largest certified one is ruled out by the upper bound (``U_t < p_g``) or can no longer be reached even if every
-  remaining draw hits ``c_A`` within ``max_samples`` (an exact count argument), or
+* every grid radius that can still be certified is certified (``L_t >= p_g``): the next radius above the largest
+  certified one is given up on by the ``futility`` rule, or
 * ``max_samples`` estimation draws are spent.
+
+Futility rules (when to give up on the next radius g; both also give up when ``U_t < p_g``):
+
+* ``"exact"``: only when g is unreachable even if *every* remaining draw hits ``c_A`` (a count argument). Never
+  gives up on a radius the remaining budget could still certify, but an image whose ``p_A`` sits just below
+  ``p_g`` runs until ``U_t`` excludes ``p_g``, often to ``max_samples``.
+* ``"projected"`` (default): also when g would not be certified at the next check nor at ``max_samples`` if the
+  misses went on at ``r``, the one-sided Clopper-Pearson *lower* bound on the miss rate ``1 - p_A`` at level
+  ``futility_level`` (``projected_failures_table``): optimistic for the image, but not the all-hits worst case.
+  It may give up on a radius that more draws would have certified (more often the larger ``futility_level``; the
+  level is pointwise, looked at after every batch), never the reverse.
+
+Validity does not depend on the stopping rule: the confidence sequence holds at every t simultaneously, so on the
+event ``{for all t: L_t <= p_A}``, of probability >= 1 - alpha, every certificate below is correct whatever rule
+(exact, projected, or any other function of the data so far) chose when to stop. A futility rule only decides
+how many draws are spent and which radii are given up; it never makes a bound larger.
 
 The decisions are integer comparisons of the hit count against tables computed once on the host in float64
 (``confidence_sequences.decision_tables``), so the loop (``lax.while_loop``) is exact, jittable, vmappable with
 per-image stopping (a done image keeps its state while the others continue) and needs no host calls; the final
-bound and radius are one float64 host call after it. Validity does not depend on the stopping rule: on the event
-``{for all t: L_t <= p_A}``, of probability >= 1 - alpha, every certificate below is correct.
+bound and radius are one float64 host call after it. The futility table is integer too (computed on the host).
 """
 
 from __future__ import annotations
@@ -26,11 +40,15 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 import scipy.stats
 
 from smoothjax import certification as C
 from smoothjax import confidence_sequences as cs
 from smoothjax import sound_noise
+
+FUTILITY_RULES = ("projected", "exact")
+FUTILITY_LEVEL = 0.01  # delta of the projected futility rule (tuned on digits, benchmarks/sequential_*)
 
 
 class SequentialCertificate(NamedTuple):
@@ -66,8 +84,45 @@ def check_radii(radii) -> tuple:
     return tuple(float(v) for v in values)
 
 
+def projected_failures_table(checks, s_lower, level: float) -> np.ndarray:
+    """The ``projected`` futility table: most failures after each check from which a radius is still *plausible*.
+
+    Args:
+      checks: (K,) increasing trial counts ``t_1 < ... < t_K`` (K >= 1).
+      s_lower: (K, G) the certification table (``L_{t_j} >= p_g`` iff ``S >= s_lower[j, g]``).
+      level: delta in (0, 1), the one-sided level of the optimistic rate.
+
+    Returns:
+      int64 (K + 1, G): row ``k + 1`` is for the state after check ``k`` (row 0, before any draw: the most
+      failures any check allows; row K: -1). With ``F`` failures in ``t_k`` draws, let ``r(F) = 0`` if ``F = 0``
+      else ``Beta.ppf(delta; F, t_k - F + 1)``, the one-sided Clopper-Pearson *lower* bound at level delta on the
+      miss rate ``1 - p_A``: the most optimistic rate the data leave plausible. Radius g is plausible iff the next
+      check j = k + 1 or the last one j = K would certify it if misses continued at that rate,
+      ``F + r(F) (t_j - t_k) <= t_j - s_lower[j, g]`` (the allowance ``t_j - s_lower[j, g]`` is close to convex
+      in ``t_j``, so these two ends are where the projection is most favourable); the table holds the largest
+      such F (-1: none). The left side increases with F, so the plausible set is down-closed.
+    """
+    checks = np.asarray(checks, np.int64)
+    gain = checks[:, None] - np.asarray(s_lower, np.int64)  # a check j certifies g iff failures <= gain[j, g]
+    num_checks, num_radii = gain.shape
+    table = np.full((num_checks + 1, num_radii), -1, np.int64)
+    table[0] = np.max(gain, axis=0)
+    if num_checks == 1:
+        return table
+    t = checks[:-1, None]  # (K - 1, 1): after check k < K - 1
+    ends = [(checks[1:, None] - t, gain[1:]), (checks[-1] - t, gain[-1][None, :])]  # (next check, last check)
+
+    def implausible(f):  # f (K - 1, G) candidate failure counts in [0, t]
+        rate = np.where(f > 0, scipy.special.betaincinv(np.maximum(f, 1), t - f + 1.0, level), 0.0)
+        return ~np.any([f + rate * ahead <= allowed for ahead, allowed in ends], axis=0)
+
+    table[1:-1] = cs.first_true(implausible, np.zeros((num_checks - 1, num_radii), np.int64),
+                                np.broadcast_to(t, (num_checks - 1, num_radii))) - 1
+    return table
+
+
 @functools.lru_cache(maxsize=32)
-def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack):
+def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility, futility_level):
     """Checking times (K,), grid probabilities (G,) and the integer decision tables, all NumPy. ``slack``: the
     bounds are moved outwards by it first (sound noise)."""
     checks = np.minimum(np.arange(1, -(-max_samples // batch_size) + 1) * batch_size, max_samples)
@@ -75,10 +130,13 @@ def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack):
     grid_p = np.nextafter(scipy.stats.norm.cdf(np.asarray(radii) / sigma), 1.0)
     s_lower, _ = cs.decision_tables(method, alpha, checks, np.minimum(grid_p + slack, 1.0))
     _, s_upper = cs.decision_tables(method, alpha, checks, np.maximum(grid_p - slack, 0.0))
-    # fail_max[k, g]: the most failures after k checks from which radius g can still be certified at a later check.
+    # fail_max[k, g]: the most failures after k checks from which radius g can still be certified at a later check
+    # (exact), lowered to the most from which it is still plausible (projected futility).
     gain = checks[:, None] - s_lower  # A later check j certifies g iff failures <= t_j - s_lower[j, g].
     later = np.maximum.accumulate(gain[::-1], axis=0)[::-1]
     fail_max = np.concatenate([later, np.full((1, len(radii)), -1, np.int64)], axis=0)
+    if futility == "projected":
+        fail_max = np.minimum(fail_max, projected_failures_table(checks, s_lower, futility_level))
     tables = dict(checks=checks, s_lower=s_lower, s_upper=s_upper, fail_max=fail_max)
     return {k: v.astype(np.int32) for k, v in tables.items()}, grid_p
 
@@ -116,7 +174,7 @@ def _sequential_one(key, x, *, apply_fn, variables, sigma, n0, batch_size, num_c
         failures = checks[k] - hits
         settled = jnp.maximum(settled, jnp.sum(hits >= s_lower[k], dtype=jnp.int32))
         ruled_out = jnp.sum(hits <= s_upper[k], dtype=jnp.int32)  # U_t < p_g holds for the top ``ruled_out`` radii.
-        reachable = jnp.sum(failures <= fail_max[k + 1], dtype=jnp.int32)
+        reachable = jnp.sum(failures <= fail_max[k + 1], dtype=jnp.int32)  # not given up by the futility rule
         ceiling = jnp.minimum(ceiling, jnp.minimum(num_radii - ruled_out, reachable))
         return k + 1, hits, settled, ceiling
 
@@ -129,7 +187,8 @@ def _sequential_one(key, x, *, apply_fn, variables, sigma, n0, batch_size, num_c
 
 def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, radii, alpha: float = 0.001,
                        n0: int = 100, max_samples: int = 100_000, batch_size: int = 1000, num_classes: int,
-                       method: str = "betting", sound: bool = False) -> SequentialCertificate:
+                       method: str = "betting", sound: bool = False, futility: str = "projected",
+                       futility_level: float = FUTILITY_LEVEL) -> SequentialCertificate:
     """Sequential CERTIFY with an anytime-valid confidence sequence: stops as soon as the radius grid is settled.
 
     Args:
@@ -151,6 +210,12 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
       sound: static; sample ``smoothjax.sound_noise`` grid noise (x on the 1/255 grid): the guarantee then holds in
         floating point for the smoothed ``f(fl32(Q(z)))``, with every bound moved outwards by
         ``sound_noise.certification_slack(sigma, H * W * C)`` (about 1e-8).
+      futility: static; when to give up on the next grid radius (see the module docstring). ``"projected"``
+        (default): when it would not be certified by ``max_samples`` even if the misses continued at the lowest
+        rate the data leave plausible (Clopper-Pearson at ``futility_level``); ``"exact"``: only when the upper
+        bound rules it out or it is unreachable even if every remaining draw hits. Either way the guarantee below
+        holds: it only needs the confidence sequence, which is valid at any stopping time.
+      futility_level: static; delta in (0, 1) of ``"projected"`` (smaller = more optimistic = more draws).
 
     Returns:
       ``SequentialCertificate`` of scalars (one image) or (B,) arrays. The radius is the larger of the largest grid
@@ -173,7 +238,12 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
     if sound:
         sound_noise.check_on_grid(x)
         slack = sound_noise.certification_slack(sigma, x[0].size if x.ndim == 4 else x.size)
-    tables, grid_p = _plan(method, alpha, sigma, radii, batch_size, max_samples, slack)
+    if futility not in FUTILITY_RULES:
+        raise ValueError(f"futility={futility!r} is not allowed; choose one of: {', '.join(FUTILITY_RULES)}")
+    if not (isinstance(futility_level, float | int) and 0 < futility_level < 1):
+        raise ValueError(f"futility_level={futility_level!r} is not allowed; need a number in (0, 1)")
+    tables, grid_p = _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility,
+                           float(futility_level))
     one = functools.partial(_sequential_one, apply_fn=apply_fn, variables=variables, sigma=sigma, n0=n0,
                             batch_size=batch_size, num_classes=num_classes, tables=tables, sound=bool(sound))
     guess, hits, trials, settled = one(keys, x) if x.ndim == 3 else jax.vmap(one)(keys, x)

@@ -102,6 +102,7 @@ def test_sequential_log_has_the_samples_column_and_equals_direct_calls(reference
             f"max {samples.max()}; total {samples.sum()} over {MAX} images)") in proc.stdout
     settings = json.loads(path.with_name(LOG + ".json").read_text())
     assert settings["radii"] == list(RADII) and settings["cs_method"] == "betting"
+    assert (settings["futility"], settings["futility_level"]) == ("projected", 0.01)
     assert settings["max_samples"] == MAX_SAMPLES and "n" not in settings
 
 
@@ -160,6 +161,7 @@ def test_sigkill_then_restart_equals_the_uninterrupted_run(reference, trained, t
 @pytest.mark.parametrize("change, needle", [
     ("--config.certify.radii=0,0.125,0.25", "radii=[0.0, 0.125, 0.25, 0.375] (now [0.0, 0.125, 0.25])"),
     ("--config.certify.cs_method=union", "cs_method='betting' (now 'union')"),
+    ("--config.certify.futility=exact", "futility='projected' (now 'exact')"),
 ])
 def test_other_sequential_settings_are_refused_and_touch_nothing(reference, tmp_path, change, needle):
     run = Path(shutil.copytree(reference[0], tmp_path / "run"))
@@ -176,6 +178,8 @@ def test_other_sequential_settings_are_refused_and_touch_nothing(reference, tmp_
     (dict(radii="0,inf"), "certify.radii='0,inf' is not allowed"),
     (dict(cs_method="bonferroni"), "certify.cs_method='bonferroni' is not allowed"),
     (dict(max_samples=0), "certify.max_samples=0 is not allowed"),
+    (dict(futility="never"), "certify.futility='never' is not allowed"),
+    (dict(futility_level=1.0), "certify.futility_level=1.0 is not allowed"),
     (dict(mode="predict", randomized_cp=True), "randomized_cp=True is not allowed with mode='predict'"),
 ])
 def test_bad_settings_are_refused(changes, needle):

@@ -17,6 +17,7 @@ import scipy.stats as st
 
 from smoothjax import certification as C
 from smoothjax import confidence_sequences as cs
+from smoothjax import sequential as S
 
 HERE = Path(__file__).resolve().parent
 SIGMA = 0.5
@@ -162,15 +163,17 @@ def test_stopping_time_and_radius_in_closed_form_when_p_a_is_one(method):
     assert np.all(cert.radius <= expected) and np.all(expected - cert.radius < 1e-6)
 
 
+@pytest.mark.parametrize("futility", S.FUTILITY_RULES)
 @pytest.mark.parametrize("method", cs.METHODS)
-def test_sequential_certificates_are_sound_on_a_linear_classifier(method):
+def test_sequential_certificates_are_sound_on_a_linear_classifier(method, futility):
     # True robust radius of the smoothed linear classifier = |margin|; margins just below grid radii are the hardest.
     alpha = 0.2
     margins = np.tile(np.array(GRID[1:]) - 0.01, 40)
     margins = np.where(np.arange(margins.size) % 2, margins, -margins)  # both classes
     params, images, true = linear2_problem(margins)
     cert = jax.jit(functools.partial(C.certify_sequential, apply_fn=linear2, sigma=SIGMA, radii=GRID, alpha=alpha,
-                                     n0=20, max_samples=1500, batch_size=50, num_classes=2, method=method))(
+                                     n0=20, max_samples=1500, batch_size=50, num_classes=2, method=method,
+                                     futility=futility))(
         jax.random.key(1), variables=params, x=images)
     truth = np.where(true > 0, 0, 1)
     wrong = (cert.prediction != -1) & ((cert.prediction != truth) | (cert.radius > np.abs(true)))
@@ -209,9 +212,100 @@ def test_batches_equal_single_images_and_draws_are_certify_prefixes():
     assert int(counts[int(batch.guess[3])]) == int(batch.count[3])
 
 
+# ------------------------------------------------------------------------------------------------ futility rules
+def _projected_table_by_brute_force(checks, s_lower, level):
+    """The projected futility table from its definition: every failure count tried, SciPy's Beta quantile."""
+    K, G = s_lower.shape
+    table = np.full((K + 1, G), -1)
+    table[0] = np.max(checks[:, None] - s_lower, axis=0)
+    for k in range(K - 1):
+        for g in range(G):
+            for f in range(checks[k] + 1):
+                rate = st.beta.ppf(level, f, checks[k] - f + 1) if f else 0.0
+                if any(f + rate * (checks[j] - checks[k]) <= checks[j] - s_lower[j, g] for j in (k + 1, K - 1)):
+                    table[k + 1, g] = f
+    return table
+
+
+def test_projected_futility_table_matches_its_definition():
+    checks = np.arange(1, 13) * 25
+    s_lower, _ = cs.decision_tables("betting", 0.01, checks, st.norm.cdf(np.array([0.0, 0.5, 1.0, 2.0])))
+    for level in (0.05, 0.3):
+        np.testing.assert_array_equal(S.projected_failures_table(checks, s_lower, level),
+                                      _projected_table_by_brute_force(checks, s_lower, level))
+
+
+def _stopping_rule_by_hand(cum_hits, checks, s_lower, s_upper, projected):
+    """Independent NumPy re-derivation of the loop: (stopping check index, settled radii) for one hit path."""
+    K, G = s_lower.shape
+    settled, ceiling = 0, int(np.sum(np.max(checks[:, None] - s_lower, axis=0) >= 0))
+    for k in range(K):
+        hits, fails = cum_hits[k], checks[k] - cum_hits[k]
+        settled = max(settled, int(np.sum(hits >= s_lower[k])))
+        impossible = [g for g in range(G) if hits <= s_upper[k, g]  # ruled out by the upper bound
+                      or not any(fails <= checks[j] - s_lower[j, g] for j in range(k + 1, K))  # unreachable
+                      or (projected is not None and fails > projected[k + 1, g])]  # implausible
+        ceiling = min(ceiling, min(impossible, default=G))
+        if settled >= ceiling:
+            return k, settled
+    return K - 1, settled
+
+
+@pytest.mark.parametrize("futility", S.FUTILITY_RULES)
+def test_stopping_time_equals_an_independent_rederivation(futility):
+    # p_A = Phi(0.98) just below the 1-sigma threshold Phi(1): the exact rule keeps drawing (its upper bound cannot
+    # rule 1 sigma out within the budget); the projected rule gives up once the miss rate is plausibly too high.
+    params, images, _ = linear2_problem(np.array([0.49, -0.49]))
+    alpha, level, batch, max_samples, n0 = 0.001, 0.05, 200, 20_000, 20
+    kw = dict(apply_fn=linear2, sigma=SIGMA, radii=GRID, alpha=alpha, n0=n0, max_samples=max_samples,
+              batch_size=batch, num_classes=2)
+    keys = jax.random.split(jax.random.key(7), 2)
+    cert = jax.jit(functools.partial(C.certify_sequential, futility=futility, futility_level=level, **kw))(
+        keys, variables=params, x=images)
+    checks = np.arange(1, max_samples // batch + 1) * batch
+    grid_p = np.nextafter(st.norm.cdf(np.asarray(GRID) / SIGMA), 1.0)
+    s_lower, s_upper = cs.decision_tables("betting", alpha, checks, grid_p)
+    # The table itself is checked against its definition above (brute force is too slow at this size).
+    projected = S.projected_failures_table(checks, s_lower, level) if futility == "projected" else None
+    for i in range(2):
+        key_est = jax.random.split(keys[i])[1]  # the estimation stream, batch by batch
+        per_batch = jax.vmap(lambda j: C._chunk_counts(key_est, j, images[i], linear2, params, SIGMA, batch,
+                                                       max_samples, 2))(jnp.arange(len(checks)))
+        cum = np.cumsum(np.asarray(per_batch)[:, int(cert.guess[i])])
+        stop, settled = _stopping_rule_by_hand(cum, checks, s_lower, s_upper, projected)
+        assert int(cert.num_samples[i]) == n0 + checks[stop] and int(cert.count[i]) == cum[stop]
+        assert settled == 4 and GRID[3] <= float(cert.radius[i]) < GRID[4]  # 0.75 sigma certified, 1 sigma not
+    if futility == "exact":
+        assert np.all(cert.num_samples >= n0 + 0.8 * max_samples)
+    else:
+        assert np.all(cert.num_samples <= n0 + max_samples // 4)
+
+
+def test_projected_futility_never_certifies_more_often_than_alpha():
+    # Type-1 error of the whole stopping rule on Bernoulli(p) streams, p just below a grid threshold: a radius
+    # above the truth is certified in at most an alpha fraction of 1e5 runs (the CS's guarantee, any stopping).
+    alpha, runs, batch, sigma, radii = 0.05, 100_000, 20, 1.0, (0.0, 0.5, 1.0, 2.0)
+    tables, grid_p = S._plan("betting", alpha, sigma, radii, batch, 1000, 0.0, "projected", 0.2)
+    checks, s_lower, s_upper, fail_max = (tables[k].astype(np.int64) for k in ("checks", "s_lower", "s_upper",
+                                                                              "fail_max"))
+    rng = np.random.default_rng(11)
+    for g, p in ((1, grid_p[1] - 0.003), (2, grid_p[2] - 0.002), (3, grid_p[3] - 0.001)):
+        cum = np.cumsum(rng.binomial(batch, p, size=(runs, len(checks))), axis=1)
+        settled, ceiling = np.zeros(runs, np.int64), np.full(runs, np.sum(fail_max[0] >= 0))
+        for k in range(len(checks)):
+            active = settled < ceiling
+            settled = np.where(active, np.maximum(settled, np.sum(cum[:, k, None] >= s_lower[k], 1)), settled)
+            limit = np.minimum(len(radii) - np.sum(cum[:, k, None] <= s_upper[k], 1),
+                               np.sum(checks[k] - cum[:, k, None] <= fail_max[k + 1], 1))
+            ceiling = np.where(active, np.minimum(ceiling, limit), ceiling)
+        assert np.mean(settled > g) <= alpha + 4 * np.sqrt(alpha * (1 - alpha) / runs)
+        assert np.mean(settled == g) > 0.5  # and it does certify the radius below the truth
+
+
 @pytest.mark.parametrize("kwargs", [dict(radii=[]), dict(radii=[0.5, 0.25]), dict(radii=[-0.1, 0.2]),
                                     dict(radii=[0.0, float("inf")]), dict(method="bonferroni"),
-                                    dict(max_samples=0), dict(alpha=1.0)])
+                                    dict(max_samples=0), dict(alpha=1.0), dict(futility="never"),
+                                    dict(futility_level=0.0)])
 def test_bad_input_raises(kwargs):
     args = dict(apply_fn=linear2, sigma=SIGMA, radii=GRID, num_classes=2, batch_size=10) | kwargs
     with pytest.raises(ValueError, match="not allowed"):
