@@ -89,13 +89,15 @@ def make_jax_model():
     return make_apply_fn(model), variables
 
 
-def make_jax_sampler(apply_fn, variables, x, *, num: int, batch_size: int):
-    """(run, compile_s): run() draws ``num`` noisy copies of x in chunks of batch_size and blocks on the counts."""
+def make_jax_sampler(apply_fn, variables, x, *, num: int, batch_size: int, compiler_options: dict | None = None):
+    """(run, compile_s): run() draws ``num`` noisy copies of x in chunks of batch_size and blocks on the counts.
+
+    ``compiler_options``: XLA flags for this executable only (``.compile(compiler_options=...)``)."""
     fn = jax.jit(functools.partial(certification.sample_counts, apply_fn=apply_fn, sigma=SIGMA, num=num,
                                    batch_size=batch_size, num_classes=NUM_CLASSES))
     key = jax.random.key(1)
     t0 = time.perf_counter()
-    compiled = fn.lower(key, variables=variables, x=x).compile()
+    compiled = fn.lower(key, variables=variables, x=x).compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t0
     calls = [0]
 

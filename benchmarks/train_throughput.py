@@ -52,10 +52,11 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 LIMITS_NOTE = (
     "The JAX step runs smoothjax's CIFAR ResNet with the XLA:CPU fusion barrier ('Fix A', "
     "smoothjax/models/layers.py), which removes the depth-squared recomputation of batch norm / ReLU inside the "
-    "weight-gradient transposes. What is left is XLA:CPU's convolution kernels: weight-gradient convolutions are "
-    "3.5-5x slower than PyTorch's (oneDNN) per shape and forward convolutions at 16x16 and 8x8 1.6-2x slower "
-    "(shared/notes/xla-cpu-gradients.md, section 3); no pathological shape remains. The 2x-over-PyTorch goal is "
-    "therefore not reachable on XLA:CPU from library code alone; see the measured ratios.")
+    "weight-gradient transposes, and the custom-VJP convolution ('B2', smoothjax/models/cpu_conv.py), which only "
+    "matters for gradients inside loop bodies (no change to this step). What is left is XLA:CPU's own kernels: "
+    "weight-gradient convolutions (a convolution whose window is the whole activation) run at ~17-27 GFLOP/s and "
+    "take 41-44 % of the step's op time, layout transposes around them another 11-13 % "
+    "(benchmarks/profile_gradients.py); reformulations measured slower. See README 'Performance on CPU'.")
 
 NOISE_NOTE = (
     "Other jobs (test suites, other benchmarks) run on this machine concurrently. JAX and torch calls are interleaved "
@@ -141,12 +142,17 @@ def random_batch(batch_size: int, seed: int = 0):
     return images, labels
 
 
-def make_jax_runner(model_name: str, batch_size: int):
-    """Returns (run_one_step, info): the jitted smoothjax train step on a fixed random batch, compiled."""
+def make_jax_runner(model_name: str, batch_size: int, compiler_options: dict | None = None, **model_kwargs):
+    """Returns (run_one_step, info): the jitted smoothjax train step on a fixed random batch, compiled.
+
+    ``compiler_options`` go to ``.compile()`` (XLA flags for this executable only, e.g.
+    ``{"xla_cpu_experimental_ynn_fusion_type": ""}``); ``model_kwargs`` go to ``get_model`` (e.g. ``conv="xla"``);
+    ``info["compiled"]`` is the compiled step.
+    """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch_size, mesh)
     repl, data_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    model = get_model(model_name, NUM_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    model = get_model(model_name, NUM_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, **model_kwargs)
     tx = training.make_optimizer(learning_rate=0.1, steps_per_epoch=1, momentum=0.9, weight_decay=1e-4,
                                  lr_schedule="constant")
     init = jax.jit(lambda k: training.create_train_state(model, tx, k, IMAGE_SHAPE), out_shardings=repl)
@@ -159,7 +165,7 @@ def make_jax_runner(model_name: str, batch_size: int):
     n_params = count_params(holder["state"].variables)
 
     t0 = time.perf_counter()
-    compiled = step.lower(holder["state"], batch, key).compile()
+    compiled = step.lower(holder["state"], batch, key).compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t0
 
     def run():
@@ -167,7 +173,7 @@ def make_jax_runner(model_name: str, batch_size: int):
         jax.block_until_ready((state, metrics))
         holder["state"] = state
 
-    return run, {"compile_s": round(compile_s, 2), "params": n_params}
+    return run, {"compile_s": round(compile_s, 2), "params": n_params, "compiled": compiled}
 
 
 def make_torch_runner(torch, torch_reference, model_name: str, batch_size: int):
