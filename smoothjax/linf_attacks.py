@@ -27,21 +27,31 @@ def project_linf(x_adv: jax.Array, x: jax.Array, epsilon) -> jax.Array:
     return jnp.clip(jnp.clip(x_adv, x - epsilon, x + epsilon), 0.0, 1.0)
 
 
-PASS_LOOPS = ("vmap", "scan")
+PASS_LOOPS = ("auto", "vmap", "scan")
+
+
+def resolve_pass_loop(pass_loop: str) -> str:
+    """``"vmap"`` or ``"scan"``: ``"auto"`` is ``"scan"`` on the CPU backend (with the models' custom-VJP conv,
+    ``models.cpu_conv``, one pass at a time is ~4x faster there than vmapped per-pass weights, which become grouped
+    convs) and ``"vmap"`` elsewhere. One-line ValueError for anything but ``PASS_LOOPS``."""
+    if pass_loop not in PASS_LOOPS:
+        raise ValueError(f"pass_loop={pass_loop!r} is not allowed; choose one of: {', '.join(PASS_LOOPS)}")
+    if pass_loop == "auto":
+        return "scan" if jax.default_backend() == "cpu" else "vmap"
+    return pass_loop
 
 
 def expectation_loss(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, key: jax.Array,
-                     num_passes: int = 1, pass_loop: str = "vmap") -> jax.Array:
+                     num_passes: int = 1, pass_loop: str = "auto") -> jax.Array:
     """Summed-over-images cross-entropy averaged over ``num_passes`` stochastic passes (scalar float32).
 
     Pass j uses ``jax.random.split(key, num_passes)[j]``. ``pass_loop``: ``vmap`` runs the passes together;
-    ``scan`` one at a time (``lax.map``). Same value either way. Speed on XLA:CPU for EPGD on the CPNI ResNet-20
-    (m = 8, batch 16, one gradient): vmap 2.9 s (per-pass weights make grouped convs), scan 6.4 s with XLA's conv
-    (input-gradient convs in loop bodies are slow), but 0.5 s with compile time 14 s once the model's convs use
-    ``models.cpu_conv``'s custom-VJP conv (measured with it patched into ``NoisyConv``).
+    ``scan`` one at a time (``lax.map``); ``auto`` (default) = scan on CPU, vmap elsewhere. Same value either way.
+    Speed on XLA:CPU for EPGD on the CPNI ResNet-20 (m = 8, batch 16, one gradient, 2-core Xeon): vmap 2.3-2.8 s
+    (per-pass weights make grouped convs), scan 0.54-0.75 s with ``NoisyConv``'s custom-VJP conv
+    (``models.cpu_conv``; 6.4 s with XLA's conv, whose input gradients in loop bodies are slow).
     """
-    if pass_loop not in PASS_LOOPS:
-        raise ValueError(f"pass_loop={pass_loop!r} is not allowed; choose one of: {', '.join(PASS_LOOPS)}")
+    pass_loop = resolve_pass_loop(pass_loop)
     keys = jax.random.split(key, num_passes)
     one = lambda k: apply_fn(variables, x, k)  # noqa: E731
     logits = jax.vmap(one)(keys) if pass_loop == "vmap" else jax.lax.map(one, keys)  # (m, B, K)
@@ -50,7 +60,7 @@ def expectation_loss(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, 
 
 
 def expectation_gradient(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, key: jax.Array,
-                         num_passes: int = 1, pass_loop: str = "vmap") -> jax.Array:
+                         num_passes: int = 1, pass_loop: str = "auto") -> jax.Array:
     """(B, H, W, C) gradient of ``expectation_loss`` with respect to ``x``: the mean over passes of the per-pass
     gradients of each image's cross-entropy (EPGD's direction before the sign)."""
     return jax.grad(lambda xx: expectation_loss(apply_fn, variables, xx, y, key, num_passes, pass_loop))(x)
@@ -69,7 +79,7 @@ def _check(x, y, num_steps, num_passes):
 
 def pgd_linf(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, key: jax.Array, *, epsilon=8 / 255,
              num_steps: int = 7, step_size=None, num_passes: int = 1, random_start: bool = True,
-             pass_loop: str = "vmap") -> jax.Array:
+             pass_loop: str = "auto") -> jax.Array:
     """L-inf PGD (``num_passes`` = 1) or EPGD (> 1) maximising the cross-entropy of ``apply_fn``.
 
     Args:

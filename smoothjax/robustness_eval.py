@@ -85,7 +85,7 @@ class Programs:
     every batch: ``noise_sd`` is a traced argument everywhere; ``m_test`` is static only in ``predict`` and the
     NAttack score (the number of passes fixes shapes); the crafted attacks do not depend on m_test at all."""
 
-    def __init__(self, model, *, mode, epsilon, pgd_steps, eot_passes, source, chunk_size, pass_loop="vmap"):
+    def __init__(self, model, *, mode, epsilon, pgd_steps, eot_passes, source, chunk_size, pass_loop="auto"):
         apply = noisy_apply_fn(model)
         self.compiles = 0  # traces of the jitted functions (each is one XLA compilation)
 
@@ -124,7 +124,7 @@ class Programs:
 
 def evaluate_grid(model, variables, images, labels, *, noise_sds, m_tests, mode: str, attacks, key,
                   epsilon=8 / 255, pgd_steps: int = 7, eot_passes: int = 8, source=None, batch_size: int = 100,
-                  chunk_size: int | None = 1, pass_loop: str = "vmap", nattack_kwargs=None, reporter=None,
+                  chunk_size: int | None = 1, pass_loop: str = "auto", nattack_kwargs=None, reporter=None,
                   programs: Programs | None = None):
     """Accuracy (fraction of ``images``) of the smoothed ``model`` under each attack, for every (noise_sd, m_test).
 
@@ -253,7 +253,7 @@ def main(argv=None) -> list:
     p.add_argument("--eot_passes", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=100)
     p.add_argument("--chunk_size", type=int, default=1, help="passes vmapped together (0 = all at once)")
-    p.add_argument("--pass_loop", default="vmap", help="EPGD's passes: vmap | scan (linf_attacks.expectation_loss)")
+    p.add_argument("--pass_loop", default="auto", help="EPGD's passes: auto (scan on CPU) | vmap | scan (linf_attacks.expectation_loss)")
     p.add_argument("--nattack_population", type=int, default=300)
     p.add_argument("--nattack_iterations", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)

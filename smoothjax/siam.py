@@ -13,7 +13,7 @@ first and the adversarial pass second, batch-norm statistics updated by both in 
 
 Config (``loss='siam'``): the sub-dict ``config.siam`` with ``attack`` (none | pgd), ``epsilon`` (pixel units,
 8/255), ``num_steps`` (7), ``step_size`` (0 = epsilon / 4), ``m_train`` (1 = PGD, 8 = the paper's EPGD),
-``adv_weight`` (0.5), ``pass_loop`` (vmap | scan, see ``linf_attacks.expectation_loss``); plus
+``adv_weight`` (0.5), ``pass_loop`` (auto | vmap | scan, see ``linf_attacks.expectation_loss``); plus
 ``eval_num_samples`` / ``eval_mode`` for the smoothed evaluation of ``eval_apply_fn``.
 """
 
@@ -57,10 +57,10 @@ def train_mode_logits(model: nn.Module, params, model_state, images, key):
 
 def adversarial_training_loss(model: nn.Module, *, attack: str = "pgd", epsilon: float = 8 / 255,
                               num_steps: int = 7, step_size: float = 0.0, m_train: int = 1,
-                              adv_weight: float = 0.5, pass_loop: str = "vmap") -> Callable:
+                              adv_weight: float = 0.5, pass_loop: str = "auto") -> Callable:
     """SIAM's loss (module docstring). ``epsilon``/``step_size`` in pixel units (``step_size`` 0 = epsilon / 4).
 
-    ``pass_loop`` (``vmap`` | ``scan``): how EPGD's m_train passes run (``linf_attacks.expectation_loss``).
+    ``pass_loop`` (``auto`` | ``vmap`` | ``scan``): how EPGD's m_train passes run (``linf_attacks.expectation_loss``).
     Metrics: ``loss``, ``accuracy`` (clean, training-mode pass), ``adv_accuracy`` (on ``x_adv``; equals
     ``accuracy`` when ``attack='none'``).
     """
@@ -96,7 +96,7 @@ def loss_from_config(model: nn.Module, config) -> Callable:
     return adversarial_training_loss(model, attack=s.get("attack", "pgd"), epsilon=s.get("epsilon", 8 / 255),
                                      num_steps=s.get("num_steps", 7), step_size=s.get("step_size", 0.0),
                                      m_train=s.get("m_train", 1), adv_weight=s.get("adv_weight", 0.5),
-                                     pass_loop=s.get("pass_loop", "vmap"))
+                                     pass_loop=s.get("pass_loop", "auto"))
 
 
 def eval_apply_fn(model: nn.Module, config) -> Callable:

@@ -59,7 +59,8 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
       mean, std: explicit per-channel statistics in pixel units; override ``dataset``.
       **kwargs: model fields, e.g. ``width`` (CIFAR ResNets, small_cnn), ``stage_sizes`` and ``base_width``
         (resnet50), ``barrier`` (None = automatic XLA:CPU fusion barrier, see ``layers.fusion_barrier``),
-        ``dtype``.
+        ``conv`` (deterministic ResNets: None = the custom-VJP convolution on CPU, ``"xla"`` = plain autodiff,
+        which forward-mode ``jax.jvp`` / ``jax.jacfwd`` need; see ``cpu_conv.select``), ``dtype``.
 
     Returns:
       An unbound Flax module; ``module(images, train=False) -> (B, num_classes) logits``.

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from smoothjax.models import cpu_conv
+
 WEIGHT_NOISES = ("none", "pni", "cpni")
 GRANULARITIES = ("element", "channel", "layer")
 NOISE_RNG = "noise"
@@ -116,7 +118,9 @@ class ActivationNoise(nn.Module):
 
 class NoisyConv(nn.Module):
     """Bias-free 2-D convolution (NHWC, HWIO kernel, He-normal fan-out init) with weight noise and optional
-    activation noise on its output. Shapes as ``nn.Conv(features, (k, k), strides, padding=padding)``."""
+    activation noise on its output. Shapes as ``nn.Conv(features, (k, k), strides, padding=padding)``. ``conv``:
+    the convolution (``cpu_conv.select``; None = the custom-VJP one on CPU, whose gradients in loop bodies and
+    ``lax.map`` over passes avoid XLA:CPU's slow path; plain XLA elsewhere)."""
 
     features: int
     kernel_size: int = 3
@@ -127,6 +131,7 @@ class NoisyConv(nn.Module):
     noise_rank: int = 5
     act_noise: bool = False
     dtype: Any = jnp.float32
+    conv: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -134,8 +139,8 @@ class NoisyConv(nn.Module):
         kernel = self.param("kernel", _he_normal, (k, k, x.shape[-1], self.features), jnp.float32)
         kernel = NoisyWeight(self.weight_noise, self.granularity, self.noise_rank, name="noise")(kernel)
         pad = ((self.padding, self.padding),) * 2
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, pad,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = cpu_conv.select(self.conv)(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, pad,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.act_noise:
             y = ActivationNoise(self.granularity, name="act_noise")(y)
         return y
