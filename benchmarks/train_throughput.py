@@ -18,7 +18,7 @@ machine: XLA:CPU's default intra-op pool and ``torch.set_num_threads(<cores>)``;
 
 Goal (the issue): at least 2x the PyTorch step's throughput on the same CPU. Results go to
 ``benchmarks/results/train_throughput.json`` (``--out``), with machine info, per-config figures and notes on what
-limits the JAX step (see ``/work/shared/notes/xla-cpu-gradients.md``).
+limits the JAX step (see README "Performance on CPU").
 """
 
 from __future__ import annotations

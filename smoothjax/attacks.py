@@ -9,7 +9,7 @@ The m draws are evaluated with ``jax.vmap`` over the noise axis (one forward pas
 over m) and every image has one perturbation shared by its m draws. Everything is jittable: ``epsilon``,
 ``step_size``, ``gamma`` and ``init_norm`` may be traced (e.g. an epsilon warm-up inside a train step), while
 ``num_steps``, ``no_grad`` and ``levels`` are static. The step loop is unrolled in Python because gradients inside
-a ``lax`` loop body hit a slow path on XLA:CPU (``/work/shared/notes/xla-cpu-gradients.md``); T is small.
+a ``lax`` loop body hit a slow path on XLA:CPU (README "Performance on CPU"); T is small.
 
 Images are (B, H, W, C) in [0, 1]; budgets are L2 norms in pixel units over the whole image (H * W * C values).
 The reference's ``--epsilon 64`` means 64/256 = 0.25 here. Every result satisfies ``||x_adv - x||_2 <= epsilon``

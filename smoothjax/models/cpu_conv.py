@@ -3,7 +3,7 @@
 Inside a ``lax.while_loop`` / ``lax.scan`` / ``fori_loop`` body, XLA:CPU does not canonicalize the transposed
 convolutions that reverse-mode autodiff emits for the gradient with respect to a convolution's *input*: they keep a
 non-canonical kernel layout and run on a slow path, ~8x slower than the same gradient outside a loop
-(``/work/shared/notes/xla-cpu-gradients.md``, section 2; ``xla/service/cpu/conv_canonicalization.cc`` only walks the
+(README "Performance on CPU"; ``xla/service/cpu/conv_canonicalization.cc`` only walks the
 entry computation). ``conv_general_dilated`` here is a drop-in for ``lax.conv_general_dilated`` (Flax's
 ``nn.Conv(conv_general_dilated=...)``) with a ``jax.custom_vjp`` that writes that input gradient as a *forward*
 convolution of the output cotangent (kernel flipped spatially, input/output channels swapped, ``lhs_dilation`` =
