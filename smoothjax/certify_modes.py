@@ -26,7 +26,7 @@ import numpy as np
 
 from smoothjax import confidence_sequences, sound_noise
 from smoothjax.analysis import parse_radii
-from smoothjax.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_radii
+from smoothjax.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_futility, check_radii
 
 HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime",
            "sequential": "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"}
@@ -71,12 +71,7 @@ def validate(cc, sigma: float) -> None:
             raise ValueError(f"certify.cs_method={method!r} is not allowed; choose one of: "
                              f"{', '.join(confidence_sequences.METHODS)}")
         resolve_radii(cc.get("radii", ""), sigma)
-        futility = cc.get("futility", FUTILITY_RULES[0])
-        if futility not in FUTILITY_RULES:
-            raise ValueError(f"certify.futility={futility!r} is not allowed; choose one of: {', '.join(FUTILITY_RULES)}")
-        level = cc.get("futility_level", FUTILITY_LEVEL)
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-            raise ValueError(f"certify.futility_level={level!r} is not allowed; it must be a number in (0, 1)")
+        check_futility(cc.get("futility", FUTILITY_RULES[0]), cc.get("futility_level", FUTILITY_LEVEL), "certify.")
 
 
 def _futility(cc) -> dict:

@@ -121,6 +121,15 @@ def projected_failures_table(checks, s_lower, level: float) -> np.ndarray:
     return table
 
 
+def check_futility(futility, futility_level, prefix: str = "") -> None:
+    """One-line ValueError unless ``futility`` is one of ``FUTILITY_RULES`` and ``futility_level`` a number in
+    (0, 1); ``prefix`` (e.g. ``"certify."``) is put before the names in the message."""
+    if futility not in FUTILITY_RULES:
+        raise ValueError(f"{prefix}futility={futility!r} is not allowed; choose one of: {', '.join(FUTILITY_RULES)}")
+    if isinstance(futility_level, bool) or not (isinstance(futility_level, float | int) and 0 < futility_level < 1):
+        raise ValueError(f"{prefix}futility_level={futility_level!r} is not allowed; it must be a number in (0, 1)")
+
+
 @functools.lru_cache(maxsize=32)
 def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility, futility_level):
     """Checking times (K,), grid probabilities (G,) and the integer decision tables, all NumPy. ``slack``: the
@@ -238,10 +247,7 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
     if sound:
         sound_noise.check_on_grid(x)
         slack = sound_noise.certification_slack(sigma, x[0].size if x.ndim == 4 else x.size)
-    if futility not in FUTILITY_RULES:
-        raise ValueError(f"futility={futility!r} is not allowed; choose one of: {', '.join(FUTILITY_RULES)}")
-    if not (isinstance(futility_level, float | int) and 0 < futility_level < 1):
-        raise ValueError(f"futility_level={futility_level!r} is not allowed; need a number in (0, 1)")
+    check_futility(futility, futility_level)
     tables, grid_p = _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility,
                            float(futility_level))
     one = functools.partial(_sequential_one, apply_fn=apply_fn, variables=variables, sigma=sigma, n0=n0,

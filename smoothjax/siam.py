@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smoothjax.linf_attacks import PASS_LOOPS, pgd_linf
+from smoothjax.linf_attacks import pgd_linf, resolve_pass_loop
 from smoothjax.models import is_stochastic, make_apply_fn, make_stochastic_apply_fn
 from smoothjax.models.noise_layers import NOISE_RNG
 from smoothjax.smoothing import check_mode, smoothed_apply_fn
@@ -66,8 +66,7 @@ def adversarial_training_loss(model: nn.Module, *, attack: str = "pgd", epsilon:
     """
     check_settings(attack=attack, epsilon=epsilon, num_steps=num_steps, step_size=step_size, m_train=m_train,
                    adv_weight=adv_weight)
-    if pass_loop not in PASS_LOOPS:
-        raise ValueError(f"pass_loop={pass_loop!r} is not allowed; choose one of: {', '.join(PASS_LOOPS)}")
+    resolve_pass_loop(pass_loop)  # one-line ValueError before anything is traced
     attack_apply = make_stochastic_apply_fn(model)
     step = step_size or epsilon / 4
 
