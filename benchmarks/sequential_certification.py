@@ -19,16 +19,19 @@ What it does, on every --skip-th test image (--num-images of them):
   1000: n0 + n forward passes. Per-image results (and the hits of the guess per 1000-draw chunk) are cached in
   ``results/sequential_certification_certify_cache.json`` under a key of the settings and a hash of the model
   variables, so re-tuning the sequential rule never recomputes them (--no-cache to ignore).
-* ``certify_sequential``: n0 = 100, at most n estimation draws, alpha = 0.001, looked at every --seq-batch-size
-  draws, on the grid {0, 0.25, ..., 3 sigma} (``certify_modes.resolve_radii('')``), for every --futility rule
+* ``certify_sequential``: n0 = 100, at most --max-samples (default n) estimation draws, alpha = 0.001, looked at
+  every --seq-batch-size draws, on the grid {0, 0.25, ..., 3 sigma} (``certify_modes.resolve_radii('')``), for every --futility rule
   (``projected``: the default futility rule; ``exact``: stop only when the next radius is ruled out by the upper
-  bound or unreachable even if every remaining draw hits) and every --methods confidence sequence.
+  bound or unreachable even if every remaining draw hits) and every --methods (``betting``, ``union``: confidence
+  sequences; ``grid``: one test per grid threshold, ``smoothjax.grid_tests``).
 
 Both are jitted for one image (compile excluded: one warm-up image first), image ``i`` with key
 ``fold_in(key(0), i)``, so each image stops on its own (no batch waits for its slowest image). Reported: total and
 per-image (mean / median) forward passes, seconds per image, certified accuracy at every grid radius for both, and
 where the savings come from (samples by the largest grid radius certified, and how many images spent the whole
-budget). The hard limit: no method certifies beyond sigma * Phi^-1(alpha^(1/n)) (3.81 sigma at n = 1e5), and radii
+budget), and the *clairvoyant bound*: the savings of a method that knows each p_A and uses the fixed-n
+Clopper-Pearson test at the smallest n that still certifies CERTIFY's grid radius, an upper bound on what any valid
+method can save at CERTIFY's certified accuracy on this model. The hard limit: no method certifies beyond sigma * Phi^-1(alpha^(1/n)) (3.81 sigma at n = 1e5), and radii
 near it need ~n draws; the grid stops at 3 sigma. Results go to ``benchmarks/results/sequential_certification.json``.
 """
 
@@ -47,6 +50,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -179,6 +183,31 @@ def savings(result, grid, max_samples) -> dict:
             "images_at_max_samples": int(np.sum(samples >= N0 + max_samples))}
 
 
+def clairvoyant_bound(certs, labels, grid, sigma, n) -> dict:
+    """The most any valid method could save while certifying what CERTIFY certified, from CERTIFY's own counts.
+
+    Per image CERTIFY certified at grid radius r (correct class), the smallest fixed m at which the one-sided
+    Clopper-Pearson bound of the expected count ``round(p_hat m)`` (``p_hat`` = CERTIFY's count / n) still reaches
+    ``Phi(r / sigma)``; other images cost nothing. A sequential method must reject at its stopping time with a valid
+    test, and no level-alpha test at a fixed m beats Clopper-Pearson (the UMP one-sided binomial test, up to
+    discreteness), so it needs about this many draws *knowing* ``p_A`` in advance, and more without."""
+    grid_p = scipy.stats.norm.cdf(np.asarray(grid) / sigma)
+    ms = np.unique(np.round(np.logspace(1, np.log10(n), 600)).astype(np.int64))
+    draws = []
+    for c, y in zip(certs, labels):
+        level = int(np.searchsorted(np.asarray(grid), c["radius"], side="right")) if c["prediction"] == y else 0
+        if level == 0:
+            draws.append(N0)
+            continue
+        s = np.round(c["count"] / n * ms)
+        lower = np.where(s > 0, scipy.stats.beta.ppf(ALPHA, np.maximum(s, 1), ms - s + 1), 0.0)
+        ok = lower >= grid_p[level - 1]
+        draws.append(N0 + (int(ms[np.argmax(ok)]) if ok.any() else n))
+    draws = np.asarray(draws)
+    return {"mean_samples": float(draws.mean()), "fewer_forward_passes": float((N0 + n) / draws.mean()),
+            "what": clairvoyant_bound.__doc__.split("\n\n")[0]}
+
+
 def single_radius(args, r_sigma, sigma, common, variables, keys, images, labels, certs) -> dict:
     """``certify_sequential`` (betting, default futility) asked about the one radius ``r_sigma * sigma``: mean draws
     per image and images certified there, next to CERTIFY's count (the setting of Voracek 2024's figures)."""
@@ -208,8 +237,9 @@ def parse_args(argv):
     parser.add_argument("--num-images", type=int, default=360)
     parser.add_argument("--skip", type=int, default=1, help="every skip-th test image")
     parser.add_argument("--n", type=int, default=N, help="CERTIFY's n and the sequential max_samples")
+    parser.add_argument("--max-samples", type=int, help="sequential max_samples (default: --n)")
     parser.add_argument("--seq-batch-size", type=int, default=100, help="draws between looks at the sequence")
-    parser.add_argument("--methods", default="betting", help="comma list of betting, union")
+    parser.add_argument("--methods", default="betting", help="comma list of betting, union, grid")
     parser.add_argument("--futility", default="projected,exact", help=f"comma list of {', '.join(FUTILITY_RULES)}")
     parser.add_argument("--single-radii", default="0.5,1.25,2",
                         help="radii in sigma units certified one at a time (Voracek 2024's anchor); '' = none")
@@ -253,20 +283,24 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         for futility in args.futility.split(","):
             seq_fn = jax.jit(functools.partial(certify_sequential, variables=variables, radii=grid, n0=N0,
-                                               max_samples=args.n, batch_size=args.seq_batch_size, method=method,
+                                               max_samples=args.max_samples or args.n,
+                                               batch_size=args.seq_batch_size, method=method,
                                                futility=futility, **common))
             seqs, seconds = timed(lambda k, x: seq_fn(k, x=x), keys, images)
             result = summarise(f"sequential_{method}_{futility}", [c.prediction for c in seqs],
                                [c.radius for c in seqs], [c.num_samples for c in seqs], seconds, labels, grid)
-            result["savings"] = savings(result, grid, args.n)
+            result["savings"] = savings(result, grid, args.max_samples or args.n)
             results.append(result)
     for r_sigma in [float(v) for v in args.single_radii.split(",") if v.strip()]:
         results.append(single_radius(args, r_sigma, sigma, common, variables, keys, images, labels, certs))
-    report(args, results, source, sigma, grid, indices)
+    bound = clairvoyant_bound(certs, labels, grid, sigma, args.n)
+    print(f"clairvoyant bound (knows p_A, fixed-n Clopper-Pearson): {bound['fewer_forward_passes']:.1f}x fewer "
+          f"forward passes than CERTIFY at CERTIFY's certified accuracy")
+    report(args, results, source, sigma, grid, indices, bound)
     return 0
 
 
-def report(args, results, source, sigma, grid, indices) -> None:
+def report(args, results, source, sigma, grid, indices, bound) -> None:
     """Prints the comparison table and writes the JSON (per-image samples, radii and predictions included)."""
     base, singles = results[0], [r for r in results if "single_radius" in r["method"]]
     results = [r for r in results if r not in singles]
@@ -290,9 +324,11 @@ def report(args, results, source, sigma, grid, indices) -> None:
     out.write_text(json.dumps({"settings": {"source": source, "sigma": sigma, "n0": N0, "n": args.n,
                                             "alpha": ALPHA, "grid": list(grid), "images": indices.tolist(),
                                             "seq_batch_size": args.seq_batch_size,
+                                            "max_samples": args.max_samples or args.n,
                                             "model": args.checkpoint or args.workdir
                                             or f"trained {args.train_steps} steps"},
-                               "machine": machine_info(), "results": results, "single_radius": singles},
+                               "machine": machine_info(), "results": results, "single_radius": singles,
+                               "clairvoyant_bound": bound},
                               indent=2) + "\n")
     print(f"-> {out}")
 

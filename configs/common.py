@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
         "attack": "none", "epsilon": 0.0, "num_steps": 20, "num_noise_vec": 1, "no_grad_attack": False,
         "base_attack": False,
         # Sequential mode (mode='sequential', smoothjax.sequential): stop once the radius grid is settled. radii:
-        # '' = 0, 0.25, ... up to 3 sigma; else '0,0.25,0.5' or 'start:stop:step'. cs_method: betting | union.
+        # '' = 0, 0.25, ... up to 3 sigma; else '0,0.25,0.5' or 'start:stop:step'. cs_method: betting | union | grid.
         # futility: 'projected' gives up on the next radius when even an optimistic miss rate (Clopper-Pearson at
         # futility_level) would not certify it by max_samples; 'exact' only when all-hits could not. Both are valid.
         "radii": "", "max_samples": 100_000, "cs_method": "betting", "futility": "projected", "futility_level": 0.01,

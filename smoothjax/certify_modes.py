@@ -2,8 +2,8 @@
 Clopper-Pearson; their settings, log names, evaluation and rows. ``smoothjax.certify_loop`` calls into this module.
 
 * ``mode='sequential'``: ``sequential.certify_sequential`` on the radius grid ``certify.radii`` with
-  ``certify.n0``, ``certify.max_samples``, ``certify.cs_method``, ``certify.futility`` (``projected`` or
-  ``exact``) and ``certify.futility_level``; both futility settings are always recorded, so a log begun under
+  ``certify.n0``, ``certify.max_samples``, ``certify.cs_method`` (``betting``, ``union`` or ``grid``),
+  ``certify.futility`` (``projected`` or ``exact``) and ``certify.futility_level``; both futility settings are always recorded, so a log begun under
   another stopping rule is never continued under this one; the log ``sequential_sigma_<s>.tsv`` has the
   reference certification columns plus ``samples`` (forward passes spent on the image, n0 included).
 * ``sound=True`` (any mode): exact grid noise (``smoothjax.sound_noise``), which needs inputs on the 1/255 grid.
@@ -24,9 +24,10 @@ import datetime
 
 import numpy as np
 
-from smoothjax import confidence_sequences, sound_noise
+from smoothjax import sound_noise
 from smoothjax.analysis import parse_radii
 from smoothjax.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_futility, check_radii
+from smoothjax.sequential import METHODS as SEQUENTIAL_METHODS
 
 HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime",
            "sequential": "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"}
@@ -67,9 +68,9 @@ def validate(cc, sigma: float) -> None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"certify.max_samples={max_samples!r} is not allowed; it must be an integer >= 1")
         method = cc.get("cs_method", "betting")
-        if method not in confidence_sequences.METHODS:
+        if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"certify.cs_method={method!r} is not allowed; choose one of: "
-                             f"{', '.join(confidence_sequences.METHODS)}")
+                             f"{', '.join(SEQUENTIAL_METHODS)}")
         resolve_radii(cc.get("radii", ""), sigma)
         check_futility(cc.get("futility", FUTILITY_RULES[0]), cc.get("futility_level", FUTILITY_LEVEL), "certify.")
 
@@ -128,7 +129,7 @@ def describe(cc, sigma: float) -> list:
     lines = []
     if cc.mode == "sequential":
         radii = ", ".join(f"{r:g}" for r in resolve_radii(cc.get("radii", ""), sigma))
-        lines.append(f"sequential: {cc.cs_method} confidence sequence, n0={cc.n0}, at most {cc.max_samples} "
+        lines.append(f"sequential: {cc.cs_method} bounds, n0={cc.n0}, at most {cc.max_samples} "
                      f"estimation samples, stops when the radius grid [{radii}] is settled")
     if cc.get("sound", False):
         lines.append("sound: exact 1/255 grid noise (smoothjax.sound_noise); inputs are rounded to the 1/255 grid")

@@ -3,7 +3,9 @@
 Selection is CERTIFY's (``n0`` draws, guess ``c_A``). Estimation then draws ``batch_size`` noisy copies at a time
 and, after each batch, looks at an anytime-valid (1 - alpha) confidence sequence ``(L_t, U_t)`` for
 ``p_A = P[f(x + eps) = c_A]`` (``smoothjax.confidence_sequences``: the KT betting CS by default, or Bonferroni
-Clopper-Pearson over the checking times). With the grid thresholds ``p_g = Phi(r_g / sigma)`` of the radii
+Clopper-Pearson over the checking times), or, with ``method="grid"``, at one anytime-valid test per grid threshold
+(``smoothjax.grid_tests``: ``L_t`` is then ``p_g`` of the largest radius certified so far, no union bound, and the
+tests spend their power on the thresholds; fewer draws for the same certified accuracy). With the grid thresholds ``p_g = Phi(r_g / sigma)`` of the radii
 ``r_1 < ... < r_G``, it stops after the first batch where
 
 * every grid radius that can still be certified is certified (``L_t >= p_g``): the next radius above the largest
@@ -45,8 +47,9 @@ import scipy.stats
 
 from smoothjax import certification as C
 from smoothjax import confidence_sequences as cs
-from smoothjax import sound_noise
+from smoothjax import grid_tests, sound_noise
 
+METHODS = cs.METHODS + ("grid",)
 FUTILITY_RULES = ("projected", "exact")
 FUTILITY_LEVEL = 0.01  # delta of the projected futility rule (tuned on digits, benchmarks/sequential_*)
 
@@ -137,8 +140,13 @@ def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility,
     checks = np.minimum(np.arange(1, -(-max_samples // batch_size) + 1) * batch_size, max_samples)
     # p_g rounded up: L >= p_g then implies L >= Phi(r_g / sigma) despite float64 rounding.
     grid_p = np.nextafter(scipy.stats.norm.cdf(np.asarray(radii) / sigma), 1.0)
-    s_lower, _ = cs.decision_tables(method, alpha, checks, np.minimum(grid_p + slack, 1.0))
-    _, s_upper = cs.decision_tables(method, alpha, checks, np.maximum(grid_p - slack, 0.0))
+    if method == "grid":
+        s_lower = grid_tests.rejection_table(alpha, checks, np.minimum(grid_p + slack, 1.0), max_samples)
+    else:
+        s_lower, _ = cs.decision_tables(method, alpha, checks, np.minimum(grid_p + slack, 1.0))
+    # The upper side only decides when to stop (never what is certified): the grid tests borrow the betting CS's.
+    _, s_upper = cs.decision_tables("betting" if method == "grid" else method, alpha, checks,
+                                    np.maximum(grid_p - slack, 0.0))
     # fail_max[k, g]: the most failures after k checks from which radius g can still be certified at a later check
     # (exact), lowered to the most from which it is still plausible (projected futility).
     gain = checks[:, None] - s_lower  # A later check j certifies g iff failures <= t_j - s_lower[j, g].
@@ -152,8 +160,11 @@ def _plan(method, alpha, sigma, radii, batch_size, max_samples, slack, futility,
 
 def _host_final(successes, trials, settled, *, method, alpha, num_checks, sigma, radii, grid_p, slack):
     s, t, g = (np.asarray(v, np.int64) for v in (successes, trials, settled))
-    lower, _ = cs.bounds(method, s, np.maximum(t, 1), alpha, num_checks)
-    lower = np.where(t > 0, lower - slack, 0.0)
+    if method == "grid":  # the grid tests certify grid radii only: p_A > p_g of the largest one settled
+        lower = np.zeros(s.shape)
+    else:
+        lower, _ = cs.bounds(method, s, np.maximum(t, 1), alpha, num_checks)
+        lower = np.where(t > 0, lower - slack, 0.0)
     grid_r, grid_p = np.concatenate([[-np.inf], radii]), np.concatenate([[0.0], grid_p])
     p64 = np.maximum(lower, grid_p[g])
     abstain = ~(p64 >= 0.5)
@@ -214,8 +225,10 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
       max_samples: most estimation draws per image; static.
       batch_size: estimation draws per step (the confidence sequence is looked at after each); static.
       num_classes: K; static.
-      method: ``"betting"`` (KT betting CS, valid at every t) or ``"union"`` (Clopper-Pearson at level
-        ``alpha / K`` at each of the K = ceil(max_samples / batch_size) checking times); static.
+      method: ``"betting"`` (KT betting CS, valid at every t), ``"union"`` (Clopper-Pearson at level
+        ``alpha / K`` at each of the K = ceil(max_samples / batch_size) checking times) or ``"grid"`` (one
+        likelihood-ratio mixture test per grid threshold, ``smoothjax.grid_tests``: certifies grid radii only, and
+        ``p_a_lower`` is the threshold ``Phi(r / sigma)`` of the radius certified); static.
       sound: static; sample ``smoothjax.sound_noise`` grid noise (x on the 1/255 grid): the guarantee then holds in
         floating point for the smoothed ``f(fl32(Q(z)))``, with every bound moved outwards by
         ``sound_noise.certification_slack(sigma, H * W * C)`` (about 1e-8).
@@ -223,13 +236,13 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
         (default): when it would not be certified by ``max_samples`` even if the misses continued at the lowest
         rate the data leave plausible (Clopper-Pearson at ``futility_level``); ``"exact"``: only when the upper
         bound rules it out or it is unreachable even if every remaining draw hits. Either way the guarantee below
-        holds: it only needs the confidence sequence, which is valid at any stopping time.
+        holds: it only needs the confidence sequence (or the grid tests), valid at any stopping time.
       futility_level: static; delta in (0, 1) of ``"projected"`` (smaller = more optimistic = more draws).
 
     Returns:
       ``SequentialCertificate`` of scalars (one image) or (B,) arrays. The radius is the larger of the largest grid
-      radius certified at some check and ``sigma * Phi^-1(L_tau)`` at the stopping time tau, rounded down; abstain
-      (prediction -1, radius 0) iff that bound is < 1/2. Guarantee, per input x: P[the certificate is wrong] <=
+      radius certified at some check and ``sigma * Phi^-1(L_tau)`` at the stopping time tau (``"grid"``: the grid
+      radius alone), rounded down; abstain (prediction -1, radius 0) iff that bound is < 1/2. Guarantee, per input x: P[the certificate is wrong] <=
       alpha, where wrong means prediction != -1 and some x' with ||x' - x||_2 < radius has g(x') != prediction (so
       in particular P[radius > the true robust radius of g at x, with prediction = g(x)] <= alpha), the
       probability being over the noise of this call, whatever the stopping time. Rows of a batch depend only on
@@ -239,7 +252,9 @@ def certify_sequential(key, apply_fn: Callable, variables, x, *, sigma: float, r
     sigma, alpha = C._check_positive_sigma(sigma), C._check_alpha(alpha)
     n0, max_samples = C._check_int("n0", n0, 1), C._check_int("max_samples", max_samples, 1)
     batch_size, num_classes = C._check_int("batch_size", batch_size, 1), C._check_int("num_classes", num_classes, 2)
-    method, radii = cs.check_method(method), check_radii(radii)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; choose one of: {', '.join(METHODS)}")
+    radii = check_radii(radii)
     batch_size = min(batch_size, max_samples)
     x = jnp.asarray(x)
     keys = C._as_keys(key, x)
