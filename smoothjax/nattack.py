@@ -14,8 +14,8 @@ population 300, sigma 0.1, lr 0.02, at most 500 iterations, ``mu`` initialised t
 An image counts as broken as soon as one queried candidate (the population or the mean's projection) is
 classified (argmax of ``score_fn``) as another class; its search then stops. Every candidate lies in the box and
 in [0, 1] by construction. Batches of images are attacked together (vectorised over the batch, which is sharded
-over the devices of the 1-D ``data`` mesh, as in training); each iteration is one jitted step, compiled once per
-score function and settings, and the Python loop stops early when every image is broken.
+over the devices of the 1-D ``data`` mesh, of every process, as in training); each iteration is one jitted step,
+compiled once per score function and settings, and the Python loop stops early when every image is broken.
 """
 
 from __future__ import annotations
@@ -108,14 +108,6 @@ def _compiled_predict(score_fn):
     return jax.jit(lambda x, *score_args: jnp.argmax(score_fn(x, *score_args), -1))
 
 
-def _fetch(a) -> np.ndarray:
-    """A (possibly multi-process) sharded array as a whole NumPy array on every process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
-
-
 def nattack(score_fn: Callable, x, y, key: jax.Array, *, epsilon, population: int = 300, sigma: float = 0.1,
             learning_rate: float = 0.02, max_iterations: int = 500, chunk_size: int | None = None,
             score_args: tuple = (), active=None, mesh=None, progress: Callable[[int], None] | None = None) -> dict:
@@ -125,7 +117,9 @@ def nattack(score_fn: Callable, x, y, key: jax.Array, *, epsilon, population: in
     ``score_fn(images (N, H, W, C) in [0, 1], *score_args) -> (N, K)`` probabilities (only outputs are used; pass
     a function object that lives across calls, e.g. defined once at module level, and its changing inputs —
     variables, keys, noise levels — in ``score_args``, so the jitted step compiles once); ``x`` (B, H, W, C) in
-    [0, 1], ``y`` (B,) labels, global arrays (NumPy or jax); ``epsilon`` L-inf budget in pixel units.
+    [0, 1], ``y`` (B,) labels: NumPy arrays equal on every process, or global jax.Arrays (e.g. a batch assembled
+    with ``parallel.to_global`` on several processes; gathered with ``parallel.fetch``); ``epsilon`` L-inf budget in pixel
+    units.
     ``active`` (B,) bool (default all): rows that are False are not attacked (reported unbroken with 0 queries) —
     pass a fixed-size batch and mask its unused tail. The batch is sharded over the ``data`` axis of ``mesh``
     (default ``parallel.make_mesh()``: all devices), padded to a multiple of the device count with inactive rows.
@@ -134,7 +128,8 @@ def nattack(score_fn: Callable, x, y, key: jax.Array, *, epsilon, population: in
     misclassified candidate for broken images and x itself otherwise, so it
     always lies in the box and [0, 1]. ``queries`` counts score_fn evaluations per image (population + 1 per
     iteration run). Images already misclassified count as broken with 1 query. ``progress(i)`` is called after
-    each iteration.
+    each iteration. Multi-process: every process calls ``nattack`` with the same arguments (the same global batch)
+    and gets the whole result; ``score_args`` are replicated with ``parallel.replicate``.
     """
     for name, v in (("population", population), ("max_iterations", max_iterations)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -143,28 +138,29 @@ def nattack(score_fn: Callable, x, y, key: jax.Array, *, epsilon, population: in
         raise ValueError(f"epsilon={epsilon!r} is not allowed; it must be a finite number >= 0 (pixel L-inf units)")
     mesh = parallel.make_mesh() if mesh is None else mesh
     step = _compiled_step(score_fn, population, float(sigma), float(learning_rate), chunk_size, mesh)
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    x, y = parallel.fetch(x).astype(np.float32), parallel.fetch(y).astype(np.int32)
     b = x.shape[0]
-    active = np.ones(b, bool) if active is None else np.asarray(active, bool)
+    active = np.ones(b, bool) if active is None else parallel.fetch(active).astype(bool)
     if active.shape != (b,):
         raise ValueError(f"active has shape {active.shape}; it must be one bool per image, shape ({b},)")
     pad = (-b) % mesh.devices.size
     shard = parallel.batch_sharding(mesh)
     gx = jax.device_put(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]), shard)
     gy = jax.device_put(np.concatenate([y, np.zeros((pad,), y.dtype)]), shard)
-    score_args = jax.device_put(tuple(score_args), parallel.replicated(mesh))
-    done = np.concatenate([(_fetch(_compiled_predict(score_fn)(gx, *score_args))[:b] != y) | ~active,
+    score_args = parallel.replicate(tuple(score_args), mesh)
+    done = np.concatenate([(parallel.fetch(_compiled_predict(score_fn)(gx, *score_args))[:b] != y) | ~active,
                            np.ones(pad, bool)])
     adversarial = x.copy()
     queries = active.astype(np.int64)
     init_key, key = jax.random.split(key)
-    mu = jax.device_put(0.001 * jax.random.normal(init_key, gx.shape, gx.dtype), shard)
+    # Placed from a host copy (the same on every process), as device_put requires when the mesh spans processes.
+    mu = jax.device_put(np.asarray(0.001 * jax.random.normal(init_key, gx.shape, gx.dtype)), shard)
     eps = jnp.float32(epsilon)
     iterations = 0
     while iterations < max_iterations and not done.all():
         mu, broken, adv = step(gx, gy, mu, jax.device_put(done, shard), jax.random.fold_in(key, iterations), eps,
                                *score_args)
-        broken, adv = _fetch(broken), _fetch(adv)
+        broken, adv = parallel.fetch(broken), parallel.fetch(adv)
         queries += np.where(done[:b], 0, population + 1)
         new = (broken & ~done)[:b]
         adversarial[new] = adv[:b][new]

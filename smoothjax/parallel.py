@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -76,3 +77,35 @@ def to_global(local_batch: dict, mesh: Mesh) -> dict:
     """
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def fetch(a) -> np.ndarray:
+    """The whole value of ``a`` as NumPy on every process: a global jax.Array spread over several processes is
+    gathered (``multihost_utils.process_allgather``, a collective: every process must call it); anything else
+    (NumPy, a fully addressable jax.Array) is read as it is."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
+def replicate(tree, mesh):
+    """``tree`` with every leaf held whole on every device of ``mesh`` (``replicated``), on one process as
+    on several. Leaves that already span several processes are kept as they are. NumPy values and process-local
+    jax arrays (PRNG keys included) must hold the same value on every process; on several processes they are
+    placed from host copies (``jax.device_put`` accepts only host values for devices of other processes)."""
+    sharding = replicated(mesh)
+
+    def put(a):
+        if isinstance(a, jax.Array):
+            if not a.is_fully_addressable:
+                return a
+            if jax.process_count() == 1:
+                return jax.device_put(a, sharding)
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(a)), sharding),
+                                                impl=jax.random.key_impl(a))
+            a = np.asarray(a)
+        return jax.device_put(a, sharding)
+
+    return jax.tree.map(put, tree)

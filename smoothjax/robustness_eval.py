@@ -7,7 +7,7 @@
 For every (noise_sd, m_test) setting the trained model (same variables) predicts with ``smoothing.smoothed_scores``
 (``--mode``) at that input-noise level. ``noise_sd`` is a traced argument (``noisy_apply_fn``) and the attacks do
 not depend on m_test, so one compilation per function serves the whole sweep (only ``m_test``, which fixes shapes,
-is static: one predict compilation per m_test value), and each batch's attacks are crafted once per noise_sd.
+is static: one ``correct`` compilation per m_test value), and each batch's attacks are crafted once per noise_sd.
 Attacks, all L-inf with budget
 ``--epsilon`` in pixel units (default 8/255):
 
@@ -20,13 +20,29 @@ Attacks, all L-inf with budget
 Writes ``results.json``, ``results.tsv``, ``results.md`` (a markdown table) and ``accuracy.png`` (accuracy against
 m_test per noise_sd and against noise_sd per m_test) to ``--out``, plus ``metrics.jsonl`` and a progress bar (or
 periodic log lines off a terminal) over images x settings, with the NAttack iteration as a postfix
-(``reporting.Reporter``). Batches, NAttack's included, are sharded over all devices (data-parallel, as training).
+(``reporting.Reporter``).
+
+Data-parallel as training: global batches of ``--batch_size`` (a multiple of the device count) are sharded over
+every device of every process, attacks (NAttack included) and predictions alike. Multi-host: start the same command
+on every process with ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or set
+``SMOOTHJAX_DISTRIBUTED=1`` where ``jax.distributed.initialize()`` discovers the cluster: Cloud TPU pods, SLURM),
+e.g. two local CPU processes:
+
+    for i in 0 1; do python -m smoothjax.robustness_eval --workdir runs/siam_pni --out runs/siam_pni/robustness \
+        --coordinator_address=127.0.0.1:12345 --num_processes=2 --process_id=$i & done; wait
+
+Each process reads only its rows of every global batch (``data.eval_batches``); correct counts are summed on the
+devices and NAttack's per-image outcomes gathered, so every figure counts every image once, and only process 0
+writes the outputs (each file atomically: temporary name, then rename). Batch b's randomness is keyed by
+``fold_in(key(seed), b * batch_size)`` and drawn for the whole global batch, so the figures are the same on one
+device, several devices or several processes (same ``--batch_size``; ``tests/test_robustness_eval_multihost.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -82,8 +98,10 @@ def _probabilities(scores, mode):
 
 class Programs:
     """The jitted functions of one evaluation, built once and reused over the whole (noise_sd, m_test) grid and
-    every batch: ``noise_sd`` is a traced argument everywhere; ``m_test`` is static only in ``predict`` and the
-    NAttack score (the number of passes fixes shapes); the crafted attacks do not depend on m_test at all."""
+    every batch: ``noise_sd`` is a traced argument everywhere; ``m_test`` is static only in ``correct`` and the
+    NAttack score (the number of passes fixes shapes); the crafted attacks do not depend on m_test at all.
+    ``correct(variables, x, y, mask, key, noise_sd, m)`` is the number of rows with ``mask`` that the smoothed
+    classifier gets right: an int32 scalar replicated on every device (readable on every process)."""
 
     def __init__(self, model, *, mode, epsilon, pgd_steps, eot_passes, source, chunk_size, pass_loop="auto"):
         apply = noisy_apply_fn(model)
@@ -104,8 +122,10 @@ class Programs:
             return pgd_linf(one, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps, num_passes=passes,
                             pass_loop=pass_loop)
 
-        self.predict = jax.jit(traced(lambda v, x, k, sd, m: jnp.argmax(scores(v, x, k, sd, m), -1)),
-                               static_argnums=4)
+        def correct(v, x, y, mask, k, sd, m):
+            return jnp.sum((jnp.argmax(scores(v, x, k, sd, m), -1) == y) & mask, dtype=jnp.int32)
+
+        self.correct = jax.jit(traced(correct), static_argnums=6)
         self.craft = {"pgd": jax.jit(traced(lambda v, x, y, k, sd: craft(v, x, y, k, sd, 1))),
                       "epgd": jax.jit(traced(lambda v, x, y, k, sd: craft(v, x, y, k, sd, eot_passes)))}
         self._nattack_scores = {}
@@ -122,19 +142,32 @@ class Programs:
         return self._nattack_scores[m]
 
 
-def evaluate_grid(model, variables, images, labels, *, noise_sds, m_tests, mode: str, attacks, key,
-                  epsilon=8 / 255, pgd_steps: int = 7, eot_passes: int = 8, source=None, batch_size: int = 100,
-                  chunk_size: int | None = 1, pass_loop: str = "auto", nattack_kwargs=None, reporter=None,
-                  programs: Programs | None = None):
-    """Accuracy (fraction of ``images``) of the smoothed ``model`` under each attack, for every (noise_sd, m_test).
+def evaluate_grid(model, variables, images, labels, **kwargs) -> list:
+    """``evaluate_dataset`` on in-memory ``images`` (N, H, W, C) in [0, 1] and ``labels`` (N,) ints (NumPy, the
+    same on every process)."""
+    labels = np.asarray(labels, np.int32)
+    dataset = data.ArraySource(np.asarray(images, np.float32), labels, int(labels.max(initial=0)) + 1)
+    return evaluate_dataset(model, variables, dataset, **kwargs)
 
-    ``images`` (N, H, W, C) in [0, 1] NumPy, ``labels`` (N,); ``noise_sds``: floats or per-channel tuples (pixel
-    units); ``source`` = (model, variables) for ``transfer``. ``chunk_size`` passes are vmapped together (1 = one
-    pass at a time over the batch: fastest with weight noise, whose vmapped convs become slow grouped convs on CPU);
-    ``pass_loop`` is EPGD's (``linf_attacks.expectation_loss``).
-    Batches are sharded over all devices. The attacks of one batch are crafted once per noise_sd (transfer: once)
-    and evaluated at every m_test. Returns one row per setting, noise_sd-major:
-    ``{"noise_sd", "m_test", "mode", "count", <attack>: accuracy}``.
+
+def evaluate_dataset(model, variables, dataset, *, noise_sds, m_tests, mode: str, attacks, key, epsilon=8 / 255,
+                     pgd_steps: int = 7, eot_passes: int = 8, source=None, batch_size: int = 100,
+                     chunk_size: int | None = 1, pass_loop: str = "auto", nattack_kwargs=None, reporter=None,
+                     programs: Programs | None = None) -> list:
+    """Accuracy (fraction of the images of ``dataset``) of the smoothed ``model`` under each attack, for every
+    (noise_sd, m_test).
+
+    ``dataset``: a ``data.Source`` (every item is evaluated once, in index order); ``noise_sds``: floats or
+    per-channel tuples (pixel units); ``source`` = (model, variables) for ``transfer``. ``chunk_size`` passes are
+    vmapped together (1 = one pass at a time over the batch: fastest with weight noise, whose vmapped convs become
+    slow grouped convs on CPU); ``pass_loop`` is EPGD's (``linf_attacks.expectation_loss``).
+    Data-parallel as training: global batches of ``batch_size`` (a multiple of the device count) are sharded over
+    every device of every process, each process reading only its rows (``data.eval_batches``, padding rows
+    masked out); correct counts are summed on the devices, so every image counts once. Batch b's randomness is
+    ``fold_in(key, b * batch_size)`` and is drawn for the whole global batch (partitionable threefry), so the
+    figures do not depend on the number of devices or processes (up to floating-point reassociation). The attacks
+    of one batch are crafted once per noise_sd (transfer: once) and evaluated at every m_test. Every process gets
+    the rows, one per setting, noise_sd-major: ``{"noise_sd", "m_test", "mode", "count", <attack>: accuracy}``.
     """
     check_mode(mode)
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -143,21 +176,22 @@ def evaluate_grid(model, variables, images, labels, *, noise_sds, m_tests, mode:
     if "transfer" in attacks and source is None:
         raise ValueError("attack 'transfer' needs a source model (--source_workdir)")
     mesh = parallel.make_mesh()
-    repl, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     parallel.check_batch_size(batch_size, mesh)
     programs = programs or Programs(model, mode=mode, epsilon=epsilon, pgd_steps=pgd_steps, eot_passes=eot_passes,
                                     source=source, chunk_size=chunk_size, pass_loop=pass_loop)
-    variables = jax.device_put(variables, repl)
-    src_vars = jax.device_put(source[1], repl) if source is not None else None
-    sds = [jax.device_put(as_noise_sd(sd, images.shape[-1]), repl) for sd in noise_sds]
+    variables = parallel.replicate(variables, mesh)
+    src_vars = parallel.replicate(source[1], mesh) if source is not None else None
+    channels = dataset.image_shape[-1]
+    sds = [parallel.replicate(as_noise_sd(sd, channels), mesh) for sd in noise_sds]
     correct = np.zeros((len(sds), len(m_tests), len(attacks)), np.int64)
-    n = len(labels)
-    for start in range(0, n, batch_size):
+    n = len(dataset)
+    batches = data.eval_batches(dataset, batch_size=batch_size, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    for b, local in enumerate(batches):
+        start = b * batch_size
         rows = min(batch_size, n - start)
-        x = np.zeros((batch_size,) + images.shape[1:], np.float32)
-        y = np.zeros((batch_size,), np.int32)
-        x[:rows], y[:rows] = images[start:start + rows], labels[start:start + rows]
-        gx, gy = jax.device_put(x, shard), jax.device_put(y, shard)
+        batch = parallel.to_global(local, mesh)
+        gx, gy, mask = batch["image"], batch["label"], batch["mask"]
         # One prediction key per batch for every attack (the same smoothed classifier judges clean and attacked
         # images: common random numbers); one crafting key per attack.
         pkey, ckey = jax.random.split(jax.random.fold_in(key, start))
@@ -170,17 +204,15 @@ def evaluate_grid(model, variables, images, labels, *, noise_sds, m_tests, mode:
                             for i, a in enumerate(attacks) if a in ("pgd", "epgd")})
             for j, m in enumerate(m_tests):
                 for i, attack in enumerate(attacks):
-                    akey = akeys[i]
                     if attack == "nattack":
                         progress = None if reporter is None else (
                             lambda it: reporter.advance(0, nattack_iteration=it))  # noqa: E731
-                        out = nattack(programs.nattack_score(m), x, y, akey, epsilon=epsilon,
-                                      score_args=(variables, pkey, sd), active=np.arange(batch_size) < rows,
-                                      mesh=mesh, progress=progress, **(nattack_kwargs or {}))
+                        out = nattack(programs.nattack_score(m), gx, gy, akeys[i], epsilon=epsilon,
+                                      score_args=(variables, pkey, sd), active=mask, mesh=mesh,
+                                      progress=progress, **(nattack_kwargs or {}))
                         correct[s, j, i] += int(np.sum(~out["success"][:rows]))
                         continue
-                    pred = np.asarray(programs.predict(variables, crafted[attack], pkey, sd, m))
-                    correct[s, j, i] += int(np.sum(pred[:rows] == y[:rows]))
+                    correct[s, j, i] += int(programs.correct(variables, crafted[attack], gy, mask, pkey, sd, m))
                 if reporter is not None:
                     reporter.advance(rows)
     return [{"noise_sd": _plain(sd), "m_test": m, "mode": mode, "count": n,
@@ -198,17 +230,23 @@ def evaluate_setting(model, variables, images, labels, *, noise_sd, m_test: int,
 
 
 def write_results(rows: list, out_dir) -> None:
-    """Writes results.json, results.tsv, results.md and accuracy.png (matplotlib, Agg) into ``out_dir``."""
+    """Writes results.json, results.tsv, results.md and accuracy.png (matplotlib, Agg) into ``out_dir``.
+
+    Process 0 only (other processes return at once); each file is written to a temporary name and renamed into
+    place, so a reader never sees a partial file."""
+    if jax.process_index() != 0:
+        return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    _write_atomically(out / "results.json", lambda f: f.write_text(json.dumps(rows, indent=1)))
     cols = list(rows[0])
-    (out / "results.tsv").write_text("\n".join(["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols)
-                                                                     for r in rows]) + "\n")
+    tsv = "\n".join(["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]) + "\n"
+    _write_atomically(out / "results.tsv", lambda f: f.write_text(tsv))
     fmt = lambda v: f"{100 * v:.1f}" if isinstance(v, float) and not isinstance(v, bool) else str(v)  # noqa: E731
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r[c]) if c in ATTACKS else str(r[c]) for c in cols) + " |" for r in rows]
-    (out / "results.md").write_text("Accuracy (%) of the smoothed classifier.\n\n" + "\n".join(md) + "\n")
+    _write_atomically(out / "results.md", lambda f: f.write_text("Accuracy (%) of the smoothed classifier.\n\n"
+                                                                 + "\n".join(md) + "\n"))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -228,8 +266,32 @@ def write_results(rows: list, out_dir) -> None:
     for ax in axes:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=100)
+    _write_atomically(out / "accuracy.png", lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class _First(data.Source):
+    """The first ``count`` items of ``src``, read only when a batch asks for them (each process its own rows)."""
+
+    def __init__(self, src, count: int):
+        self.src, self.count = src, count
+        self.name, self.num_classes, self.image_shape = src.name, src.num_classes, src.image_shape
+        self.in_memory = src.in_memory
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        return self.src[self.check_index(index)]
+
+    def get_batch(self, indices):
+        return self.src.get_batch(indices)
 
 
 def _floats(s):
@@ -253,28 +315,33 @@ def main(argv=None) -> list:
     p.add_argument("--eot_passes", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=100)
     p.add_argument("--chunk_size", type=int, default=1, help="passes vmapped together (0 = all at once)")
-    p.add_argument("--pass_loop", default="auto", help="EPGD's passes: auto (scan on CPU) | vmap | scan (linf_attacks.expectation_loss)")
+    p.add_argument("--pass_loop", default="auto",
+                   help="EPGD's passes: auto (scan on CPU) | vmap | scan (linf_attacks.expectation_loss)")
     p.add_argument("--nattack_population", type=int, default=300)
     p.add_argument("--nattack_iterations", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--coordinator_address", default="", help="multi-host: HOST:PORT of process 0's coordinator")
+    p.add_argument("--num_processes", type=int, default=-1)
+    p.add_argument("--process_id", type=int, default=-1)
     a = p.parse_args(argv)
+    parallel.initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
     model, variables = checkpointing.load_model(a.workdir)
     spec = checkpointing.read_model_spec(a.workdir)
     source = checkpointing.load_model(a.source_workdir) if a.source_workdir else None
     src = data.get_source(a.dataset or spec.get("train_dataset", spec["dataset"]), a.split, path=a.data_path or None)
     count = len(src) if a.max_images < 0 else min(len(src), a.max_images)
-    images, labels = data.load_examples(src, np.arange(count))
     sds = _floats(a.noise_sd) or [getattr(model, "noise_sd", 0.0)]
     ms = [int(v) for v in _floats(a.m_test)]
     attacks = [s for s in a.attacks.split(",") if s]
     out = Path(a.out or Path(a.workdir) / "robustness")
     reporter = Reporter(out, total=count * len(sds) * len(ms), unit="image", description="robustness")
-    rows = evaluate_grid(model, variables, images, labels, noise_sds=sds, m_tests=ms, mode=a.mode, attacks=attacks,
-                         key=jax.random.key(a.seed), epsilon=a.epsilon, pgd_steps=a.pgd_steps,
-                         eot_passes=a.eot_passes, source=source, batch_size=a.batch_size,
-                         chunk_size=a.chunk_size or None, pass_loop=a.pass_loop, reporter=reporter,
-                         nattack_kwargs={"population": a.nattack_population, "max_iterations": a.nattack_iterations})
+    rows = evaluate_dataset(model, variables, _First(src, count), noise_sds=sds, m_tests=ms, mode=a.mode,
+                            attacks=attacks, key=jax.random.key(a.seed), epsilon=a.epsilon, pgd_steps=a.pgd_steps,
+                            eot_passes=a.eot_passes, source=source, batch_size=a.batch_size,
+                            chunk_size=a.chunk_size or None, pass_loop=a.pass_loop, reporter=reporter,
+                            nattack_kwargs={"population": a.nattack_population,
+                                            "max_iterations": a.nattack_iterations})
     for row in rows:
         reporter.write(json.dumps(row))
     reporter.close()
