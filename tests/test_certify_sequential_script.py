@@ -232,3 +232,19 @@ def test_randomized_clopper_pearson_rows_are_logged_separately(trained, tmp_path
         oracle["keys"][:6], variables=oracle["variables"], x=oracle["images"][:6])
     assert [r[2:4] for r in _rows(path)] == [[str(int(p)), f"{float(r):.3}"]
                                              for p, r in zip(cert.prediction, cert.radius)]
+
+
+def test_grid_tests_through_certify_py_equal_direct_calls(trained, tmp_path, oracle):
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    proc = _ok(_certify(run, *SEQUENTIAL[:4], "--config.certify.max=6", "--config.certify.cs_method=grid",
+                        "--config.certify.radii=" + ",".join(map(str, RADII))))
+    assert "sequential: grid bounds" in proc.stdout + proc.stderr
+    cert = jax.jit(functools.partial(certify_sequential, apply_fn=oracle["apply_fn"], sigma=SIGMA, radii=RADII,
+                                     alpha=ALPHA, n0=N0, max_samples=MAX_SAMPLES, batch_size=BATCH, num_classes=10,
+                                     method="grid"))(oracle["keys"][:6], variables=oracle["variables"],
+                                                     x=oracle["images"][:6])
+    rows = _rows(run / "certify" / LOG)
+    assert [r[2:4] + r[5:] for r in rows] == [[str(int(p)), f"{float(r):.3}", str(int(n))] for p, r, n in
+                                               zip(cert.prediction, cert.radius, cert.num_samples)]
+    certified = [float(r[3]) for r in rows if r[2] != "-1"]
+    assert certified and set(certified) <= {float(f"{r:.3}") for r in RADII}  # grid radii only
