@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 
+from smoothjax.atomic_files import write_atomically
 from smoothjax.checkpointing import Checkpointer
 
 
@@ -52,9 +53,7 @@ class BestCheckpoint:
         self._ckpt.wait()  # best.json never names a checkpoint still being written.
         if jax.process_index() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self._record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"metric": self.metric, "value": value, "step": int(step)}))
-            tmp.replace(self._record)
+            write_atomically(self._record, json.dumps({"metric": self.metric, "value": value, "step": int(step)}))
         return True
 
     def close(self) -> None:

@@ -10,12 +10,13 @@ devices (or a pod) loads on 1.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from smoothjax.atomic_files import write_atomically
 
 # The keys of model.json that must agree for a workdir's checkpoints to fit a model.
 MODEL_KEYS = ("model", "num_classes", "dataset", "normalization", "model_kwargs", "image_shape")
@@ -34,9 +35,7 @@ def write_model_spec(workdir, spec: dict) -> None:
         return
     path = Path(workdir) / "model.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
 
 
 def read_model_spec(workdir) -> dict | None:

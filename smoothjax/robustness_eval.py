@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smoothjax import checkpointing, data, parallel
+from smoothjax.atomic_files import write_atomically
 from smoothjax.linf_attacks import pgd_linf
 from smoothjax.models import make_stochastic_apply_fn
 from smoothjax.nattack import nattack
@@ -238,15 +238,14 @@ def write_results(rows: list, out_dir) -> None:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / "results.json", lambda f: f.write_text(json.dumps(rows, indent=1)))
+    write_atomically(out / "results.json", json.dumps(rows, indent=1))
     cols = list(rows[0])
     tsv = "\n".join(["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]) + "\n"
-    _write_atomically(out / "results.tsv", lambda f: f.write_text(tsv))
+    write_atomically(out / "results.tsv", tsv)
     fmt = lambda v: f"{100 * v:.1f}" if isinstance(v, float) and not isinstance(v, bool) else str(v)  # noqa: E731
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r[c]) if c in ATTACKS else str(r[c]) for c in cols) + " |" for r in rows]
-    _write_atomically(out / "results.md", lambda f: f.write_text("Accuracy (%) of the smoothed classifier.\n\n"
-                                                                 + "\n".join(md) + "\n"))
+    write_atomically(out / "results.md", "Accuracy (%) of the smoothed classifier.\n\n" + "\n".join(md) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -266,14 +265,8 @@ def write_results(rows: list, out_dir) -> None:
     for ax in axes:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    _write_atomically(out / "accuracy.png", lambda f: fig.savefig(f, dpi=100, format="png"))
+    write_atomically(out / "accuracy.png", lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class _First(data.Source):
