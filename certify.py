@@ -27,6 +27,17 @@ radius epsilon (``python -m smoothjax.analysis CERTIFY_LOG ATTACK_LOGS`` tabulat
 
   python certify.py --config=configs/cifar10_smoothadv.py:sigma=0.25 --workdir=runs/c10 --config.certify.mode=predict \
       --config.certify.n=1000 --config.certify.attack=pgd --config.certify.epsilon=0.5 --config.certify.num_noise_vec=8
+
+Multi-host (every mode and option): start the same command on each of N processes with
+``--config.distributed.coordinator_address=HOST:PORT --config.distributed.num_processes=N
+--config.distributed.process_id=I``, or with ``SMOOTHJAX_DISTRIBUTED=1`` where ``jax.distributed.initialize()`` finds
+the cluster (TPU pods, SLURM). Each step's images are split over the processes and their devices (every process reads
+the checkpoint and its images); process 0 alone writes the log (the same rows as one process's) and prints the table;
+a check that fails on any process stops all of them with the same error. Restart all N processes to resume. E.g.:
+
+  for i in 0 1; do python certify.py --config=configs/digits.py --workdir=runs/digits \
+      --config.distributed.coordinator_address=127.0.0.1:12345 --config.distributed.num_processes=2 \
+      --config.distributed.process_id=$i & done; wait
 """
 
 import os
@@ -55,6 +66,10 @@ def main(argv):
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.exit(f"certify.py: error: {message}")
+    import jax
+
+    if jax.process_index() != 0:  # process 0 wrote the log and reports it
+        return
     log = analysis.read_log(path)
     if log.is_certification:
         radii = analysis.default_radii([log])

@@ -10,6 +10,11 @@ checkpoint, data, compilation) runs before the first byte is written, and a log 
 column), sound noise and randomized Clopper-Pearson (separately named logs) are in ``smoothjax.certify_modes``.
 Predict mode with ``certify.attack`` (``pgd``/``ddn``) attacks each image first (SmoothAdv's ``predict.py``) and
 names the log after the attack (``smoothjax.empirical_robustness``, ``smoothjax.analysis.attack_name``).
+
+Multi-process (``config.distributed`` or ``SMOOTHJAX_DISTRIBUTED=1``, ``parallel.initialize_distributed``): every
+process evaluates its own contiguous share of each step's images on its local devices; the rows are gathered and
+process 0 alone holds the lock and writes the log and sidecar, which are the same as one process's (the keys are
+per index). A failed check on any process makes every process raise the same one-line ValueError.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from smoothjax import certification, certify_modes, checkpointing, data, empirical_robustness, parallel
+from smoothjax.atomic_files import write_atomically
 from smoothjax.models import make_apply_fn
 from smoothjax.reporting import Reporter
 
@@ -131,12 +137,6 @@ def _check_settings(path: Path, settings: dict) -> None:
                          "workdir")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _open_log(path: Path, header: str, settings: dict):
     """Opens (creating it if needed) the log for appending under an exclusive lock; returns (file, done indices).
 
@@ -148,8 +148,8 @@ def _open_log(path: Path, header: str, settings: dict):
         _check_settings(path, settings)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(_sidecar(path), json.dumps(settings, indent=2) + "\n")
-        _write_atomically(path, header + "\n")
+        write_atomically(_sidecar(path), json.dumps(settings, indent=2) + "\n")
+        write_atomically(path, header + "\n")
     f = open(path, "r+b")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,6 +178,57 @@ def _open_log(path: Path, header: str, settings: dict):
     return f, done
 
 
+_MESSAGE_BYTES = 480
+
+
+def _agree(error: str | None) -> None:
+    """Every process raises ``ValueError(message)`` of the first process (lowest index) with an error, if any.
+
+    A collective on several processes (each process must call it); one process only raises its own error."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise ValueError(error)
+        return
+    from jax.experimental import multihost_utils
+    encoded = (error or "").encode()[:_MESSAGE_BYTES]
+    buf = np.zeros(_MESSAGE_BYTES + 1, np.int32)
+    buf[0], buf[1:1 + len(encoded)] = error is not None, np.frombuffer(encoded, np.uint8)
+    for row in np.asarray(multihost_utils.process_allgather(buf)):
+        if row[0]:
+            raise ValueError(bytes(row[1:].astype(np.uint8)).rstrip(b"\0").decode(errors="ignore"))
+
+
+@contextlib.contextmanager
+def _together():
+    """Runs a block on every process and then ``_agree``s: a ValueError / OSError of the block on any process
+    becomes the same one-line ValueError on all of them (no process is left waiting in a collective). With one
+    process the original exception propagates unchanged."""
+    error = None
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        if jax.process_count() == 1:
+            raise
+        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    _agree(error)
+
+
+def _from_process_0(a: np.ndarray) -> np.ndarray:
+    """Process 0's value of the int32 array ``a`` (same shape on every process), on every process."""
+    if jax.process_count() == 1:
+        return a
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(a, np.int32)))
+
+
+def _gather_rows(local: np.ndarray) -> np.ndarray:
+    """Concatenation over processes, in process order, of each process's (rows, k) int32 array."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local, np.int32), tiled=True))
+
+
 def certify_workdir(config, workdir: str) -> Path:
     """Runs CERTIFY (or PREDICT) of ``config.certify`` on the newest checkpoint of ``workdir``; returns the log path.
 
@@ -185,16 +236,20 @@ def certify_workdir(config, workdir: str) -> Path:
     ``batch_size`` (noisy copies of one image per forward pass), ``skip`` (every skip-th image of the split),
     ``max`` (at most this many of those, -1 = all), ``split``, ``mode`` (``certify``, ``predict`` or ``sequential``:
     ``radii``, ``max_samples``, ``cs_method``), ``sound``, ``randomized_cp`` (see ``certify_modes``), ``seed``,
-    ``images_per_step`` (images evaluated together, rounded up to a multiple of the device count). Runs in one
-    process over all its local devices (a batch of images sharded over them, the model replicated).
+    ``images_per_step`` (images evaluated together, rounded up to a multiple of the global device count).
+    ``config.distributed`` (``coordinator_address``, ``num_processes``, ``process_id``; or ``SMOOTHJAX_DISTRIBUTED=1``)
+    joins a multi-process run first, after the checks that need no JAX (``parallel.initialize_distributed``).
+    Each process evaluates a contiguous share of every step's images on its local devices (images sharded over
+    them, the model replicated); the rows are gathered and process 0 alone writes the log (other processes never
+    write, and every process returns the path).
 
     Image ``idx`` is evaluated with key ``fold_in(key(seed), idx)`` by ``certification.certify`` / ``predict``,
-    so each row is independent of ``images_per_step``, devices and restarts. Rows are appended to
+    so each row is independent of ``images_per_step``, devices, processes and restarts. Rows are appended to
     ``log_path(workdir, mode, sigma, certify_modes.log_variants(cc))`` (and flushed to disk) as each step
     finishes; indices already in the log are skipped. Guarantee of each certify row: see ``certification.certify``
     (sequential rows: ``sequential.certify_sequential``). Raises a one-line ValueError, having
     written nothing, on bad settings, a missing or damaged checkpoint, data that does not fit the model, or a log
-    in the way that was made with other settings.
+    in the way that was made with other settings; on several processes every process raises the same one.
     """
     cc = config.certify
     spec = checkpointing.read_model_spec(workdir)
@@ -203,89 +258,114 @@ def certify_workdir(config, workdir: str) -> Path:
     if cc.sigma is None and spec.get("sigma") is None:
         raise ValueError(f"{workdir}/model.json records no training sigma; pass --config.certify.sigma=<sigma>")
     sigma = float(spec["sigma"] if cc.sigma is None else cc.sigma)
-    _validate(cc, sigma)
-    with _orbax_errors_only():
-        step = _latest_step(workdir)
-        model, variables = _load_model(workdir, step)
-    src = data.get_source(config.dataset, cc.split, data_dir=config.get("data_dir") or None,
-                          path=config.get("data_path") or None)
-    if list(src.image_shape) != list(spec["image_shape"]):
-        raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} has images of shape "
-                         f"{tuple(src.image_shape)}; the model in {workdir} takes {tuple(spec['image_shape'])}")
-    if len(src) == 0:
-        raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
+    _validate(cc, sigma)  # No JAX call so far: a bad command fails on every process before any collective.
+    dist = config.get("distributed") or {}
+    parallel.initialize_distributed(dist.get("coordinator_address", ""), dist.get("num_processes", -1),
+                                    dist.get("process_id", -1))
+    with _together():
+        if jax.device_count() != jax.process_count() * jax.local_device_count():
+            raise ValueError(f"process {jax.process_index()} has {jax.local_device_count()} devices of "
+                             f"{jax.device_count()}; certify.py needs the same device count on every process")
+        with _orbax_errors_only():
+            step = _latest_step(workdir)
+        src = data.get_source(config.dataset, cc.split, data_dir=config.get("data_dir") or None,
+                              path=config.get("data_path") or None)
+        if list(src.image_shape) != list(spec["image_shape"]):
+            raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} has images of shape "
+                             f"{tuple(src.image_shape)}; the model in {workdir} takes {tuple(spec['image_shape'])}")
+        if len(src) == 0:
+            raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
+        out = log_path(workdir, cc.mode, sigma,
+                       certify_modes.log_variants(cc) + empirical_robustness.log_variants(cc))
+        settings = _settings(config, cc, sigma, step, len(src))
+        if out.exists() and jax.process_index() == 0:
+            _check_settings(out, settings)  # Fail fast; checked again under the lock below.
     indices = list(range(0, len(src), cc.skip))
     indices = indices[: cc.max] if cc.max > 0 else indices
-    out = log_path(workdir, cc.mode, sigma, certify_modes.log_variants(cc) + empirical_robustness.log_variants(cc))
-    settings = _settings(config, cc, sigma, step, len(src))
-    if out.exists():
-        _check_settings(out, settings)  # Fail fast; checked again under the lock below.
 
-    mesh = parallel.make_mesh()
-    per_step = -(-cc.get("images_per_step", 1) // mesh.devices.size) * mesh.devices.size
+    num_processes, process = jax.process_count(), jax.process_index()
+    mesh = parallel.make_mesh(jax.local_devices())
+    per_step = -(-cc.get("images_per_step", 1) // jax.device_count()) * jax.device_count()  # global, all processes
+    share = per_step // num_processes  # images per process and step: a multiple of its device count
     common = dict(sigma=sigma, alpha=cc.alpha, batch_size=cc.batch_size, num_classes=int(spec["num_classes"]))
-    apply_fn = make_apply_fn(model)
     sound = bool(cc.get("sound", False))
     if sound:
         common["sound"] = True  # exact grid noise; inputs are rounded to the grid below (certify_modes)
-    special = certify_modes.evaluator(cc, sigma, apply_fn, int(spec["num_classes"]))
-    attack = empirical_robustness.attacker(cc, apply_fn, sigma)  # None unless predict mode with an attack
 
-    def evaluate(v, idx, x, y):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cc.seed), i))(idx)
-        if attack is not None:  # PREDICT on the adversarial image (keys: independent streams per image)
-            x = attack(keys, v, x, y)
-        if special is not None:  # sequential mode or randomized Clopper-Pearson: (prediction, radius, samples)
-            return special(keys, v, x)
-        if cc.mode == "certify":
-            cert = certification.certify(keys, apply_fn, v, x, n0=cc.n0, n=cc.n, **common)
-            return cert.prediction, cert.radius
-        return certification.predict(keys, apply_fn, v, x, n=cc.n, **common), jnp.zeros_like(idx, jnp.float32)
+    with _together():
+        with _orbax_errors_only():
+            model, variables = _load_model(workdir, step)
+        apply_fn = make_apply_fn(model)
+        special = certify_modes.evaluator(cc, sigma, apply_fn, int(spec["num_classes"]))
+        attack = empirical_robustness.attacker(cc, apply_fn, sigma)  # None unless predict mode with an attack
 
-    batch, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    variables = jax.device_put(variables, repl)
-    shapes = (jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=batch),
-              jax.ShapeDtypeStruct((per_step, *src.image_shape), jnp.float32, sharding=batch),
-              jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=batch))
-    # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
-    run = jax.jit(evaluate, in_shardings=(repl, batch, batch, batch), out_shardings=repl).lower(variables,
-                                                                                             *shapes).compile()
+        def evaluate(v, idx, x, y):
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cc.seed), i))(idx)
+            if attack is not None:  # PREDICT on the adversarial image (keys: independent streams per image)
+                x = attack(keys, v, x, y)
+            if special is not None:  # sequential mode or randomized Clopper-Pearson: (prediction, radius, samples)
+                return special(keys, v, x)
+            if cc.mode == "certify":
+                cert = certification.certify(keys, apply_fn, v, x, n0=cc.n0, n=cc.n, **common)
+                return cert.prediction, cert.radius
+            return certification.predict(keys, apply_fn, v, x, n=cc.n, **common), jnp.zeros_like(idx, jnp.float32)
 
-    log, done = _open_log(out, HEADERS[cc.mode], settings)
-    todo = [i for i in indices if i not in done]
-    samples = cc.n + (cc.n0 if cc.mode == "certify" else 0)
-    reporter = Reporter(None, total=len(indices), initial=len(indices) - len(todo), unit="image",
-                        description=cc.mode)
-    n = cc.max_samples if cc.mode == "sequential" else cc.n
-    reporter.write(f"{cc.mode}: {len(todo)} of {len(indices)} {config.dataset} {cc.split} images to go (checkpoint "
-                   f"{step}, sigma={sigma}, n={n}, alpha={cc.alpha}, {per_step} images per step on "
-                   f"{mesh.devices.size} devices) -> {out}")
-    for line in certify_modes.describe(cc, sigma):
-        reporter.write(line)
-    rounded_note = sound
+        batch, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+        variables = jax.device_put(variables, repl)
+        shapes = (jax.ShapeDtypeStruct((share,), jnp.int32, sharding=batch),
+                  jax.ShapeDtypeStruct((share, *src.image_shape), jnp.float32, sharding=batch),
+                  jax.ShapeDtypeStruct((share,), jnp.int32, sharding=batch))
+        # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
+        run = jax.jit(evaluate, in_shardings=(repl, batch, batch, batch), out_shardings=repl).lower(variables,
+                                                                                                 *shapes).compile()
+
+    log, done, reporter = None, set(), None
+    with _together():
+        if process == 0:  # the only writer: it holds the lock, the others learn what is done from it
+            log, done = _open_log(out, HEADERS[cc.mode], settings)
     try:
+        done_mask = _from_process_0(np.array([i in done for i in indices], np.int32))
+        todo = [i for i, d in zip(indices, done_mask) if not d]
+        samples = cc.n + (cc.n0 if cc.mode == "certify" else 0)
+        reporter = Reporter(None, total=len(indices), initial=len(indices) - len(todo), unit="image",
+                            description=cc.mode)
+        n = cc.max_samples if cc.mode == "sequential" else cc.n
+        where = f"{jax.device_count()} devices" + (f" of {num_processes} processes" if num_processes > 1 else "")
+        reporter.write(f"{cc.mode}: {len(todo)} of {len(indices)} {config.dataset} {cc.split} images to go "
+                       f"(checkpoint {step}, sigma={sigma}, n={n}, alpha={cc.alpha}, {per_step} images per step on "
+                       f"{where}) -> {out}")
+        for line in certify_modes.describe(cc, sigma):
+            reporter.write(line)
+        rounded_note = sound
         for start in range(0, len(todo), per_step):
             chunk = todo[start:start + per_step]
             padded = np.asarray(chunk + [chunk[-1]] * (per_step - len(chunk)), np.int32)
-            images, labels = src.get_batch(padded)
+            mine = padded[process * share:(process + 1) * share]
+            images, labels = src.get_batch(mine)
             images, moved = certify_modes.prepare_images(images, sound)
             if rounded_note and moved > 0:
                 reporter.write(f"sound: {config.dataset} images are off the 1/255 grid; they are rounded to it "
                                f"(pixels move by up to {moved:.5f}) and each certificate is for the rounded image")
                 rounded_note = False
             t0 = time.perf_counter()
-            out_arrays = jax.device_get(run(variables, jax.device_put(padded, batch), jax.device_put(images, batch),
+            out_arrays = jax.device_get(run(variables, jax.device_put(mine, batch), jax.device_put(images, batch),
                                             jax.device_put(np.asarray(labels, np.int32), batch)))
+            used = out_arrays[2] if len(out_arrays) > 2 else np.full(share, samples)
+            rows = _gather_rows(np.stack([np.asarray(out_arrays[0], np.int32),
+                                          np.asarray(out_arrays[1], np.float32).view(np.int32),
+                                          np.asarray(used, np.int32), np.asarray(labels, np.int32)], axis=1))
             seconds = time.perf_counter() - t0
-            predictions, radii = out_arrays[:2]
-            used = out_arrays[2][:len(chunk)] if len(out_arrays) > 2 else np.full(len(chunk), samples)
-            rows = [certify_modes.format_row(cc.mode, idx, int(labels[j]), int(predictions[j]), float(radii[j]),
-                                             used[j], seconds / len(chunk)) for j, idx in enumerate(chunk)]
-            log.write("".join(rows).encode())
-            log.flush()
-            os.fsync(log.fileno())
-            reporter.advance(len(chunk), samples_per_s=float(np.sum(used)) / max(seconds, 1e-9))
+            predictions, radii, used, labels = rows[:, 0], rows[:, 1].view(np.float32), rows[:, 2], rows[:, 3]
+            if log is not None:
+                log.write("".join(certify_modes.format_row(cc.mode, idx, int(labels[j]), int(predictions[j]),
+                                                           float(radii[j]), used[j], seconds / len(chunk))
+                                  for j, idx in enumerate(chunk)).encode())
+                log.flush()
+                os.fsync(log.fileno())
+            reporter.advance(len(chunk), samples_per_s=float(np.sum(used[:len(chunk)])) / max(seconds, 1e-9))
     finally:
-        reporter.close()
-        log.close()
+        if reporter is not None:
+            reporter.close()
+        if log is not None:
+            log.close()
     return out
