@@ -1,8 +1,9 @@
 """Multi-host evaluation: ``python -m smoothjax.robustness_eval`` as one process on one device and as two local
 processes of 2 devices each (jax.distributed on 127.0.0.1, gloo; 4 devices in all) gives the same figures for every
-setting and attack, and the two processes write one set of outputs. Before the command, each run attacks test_nattack's noisy linear problem
-with NAttack from per-process rows of a global batch: same successes, queries and adversarial images. Clean accuracy
-at noise 0 is checked against the plain model's predictions. This file is also the child process (``__main__``)."""
+setting and attack, and the two processes write one set of outputs. Before the command, each run attacks
+test_nattack's noisy linear problem with NAttack from per-process rows of a global batch: same successes, queries and
+adversarial images. Clean accuracy at noise 0 is checked against the plain model's predictions. This file is also
+the child process (``__main__``)."""
 
 import json
 import socket
@@ -137,9 +138,9 @@ def _run_worker(root, out, coordinator="", num_processes="-1", process_id="-1") 
                           f"--coordinator_address={coordinator}", f"--num_processes={num_processes}",
                           f"--process_id={process_id}"])
     if index == 0:
-        print(json.dumps({"processes": count, "devices": jax.device_count(), "success": out_attack["success"].tolist(),
-                          "queries": out_attack["queries"].tolist(), "iterations": out_attack["iterations"],
-                          "adversarial": out_attack["adversarial"].tolist()}))
+        print(json.dumps({"processes": count, "devices": jax.device_count(),
+                          "success": out_attack["success"].tolist(), "queries": out_attack["queries"].tolist(),
+                          "iterations": out_attack["iterations"], "adversarial": out_attack["adversarial"].tolist()}))
 
 
 if __name__ == "__main__":
