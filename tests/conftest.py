@@ -64,9 +64,3 @@ def trained(tmp_path_factory):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` run first (stable order otherwise): with ``pytest -n 2`` the long multi-process tests then
-    overlap the many short ones instead of leaving one worker busy at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -220,7 +220,6 @@ def test_bad_arguments_raise_one_line_errors(kwargs, message):
 
 
 # -------------------------------------------------------------------------------------------- devices
-@pytest.mark.slow
 def test_four_devices_give_the_same_attacks_and_train_steps_as_one(tmp_path):
     worker = str(ROOT / "tests" / "_smoothadv_worker.py")
     procs = {d: subprocess.Popen([sys.executable, worker, str(tmp_path / f"{d}.npz")], env=subprocess_env(d), cwd=ROOT)

@@ -19,8 +19,6 @@ import pytest
 from conftest import ROOT, snapshot, subprocess_env
 from smoothjax import data
 
-pytestmark = pytest.mark.slow
-
 MAX = 10  # images; 4 per step on 2 processes: steps of 2 + 2 images, the last step half padding
 COMMON = [f"--config.certify.max={MAX}", "--config.certify.images_per_step=4", "--config.certify.n0=20",
           "--config.certify.batch_size=100"]

@@ -176,7 +176,6 @@ def test_four_devices_give_the_same_rows(reference, workdir):
 
 
 # ------------------------------------------------------------------------------------------------ resume
-@pytest.mark.slow
 def test_sigkill_and_torn_line_then_restart_equals_an_uninterrupted_run(trained, tmp_path):
     # n large enough that one image takes a noticeable time, so the run can be killed in the middle.
     args = ["--config.certify.n=6000", "--config.certify.n0=50", "--config.certify.batch_size=1000",

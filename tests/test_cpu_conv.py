@@ -105,7 +105,6 @@ def _rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
-@pytest.mark.slow
 def test_resnet_gradients_equal_plain_autodiff_and_float64():
     jax.config.update("jax_enable_x64", True)
     try:

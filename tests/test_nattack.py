@@ -4,7 +4,6 @@ within its query budget, cannot break the ones whose margin is above, and never 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from smoothjax.nattack import candidates, margin_loss, nattack
 
@@ -77,7 +76,6 @@ def _devices_run() -> dict:
             "iterations": out["iterations"], "adversarial": out["adversarial"].tolist()}
 
 
-@pytest.mark.slow
 def test_nattack_on_four_devices_matches_one_device():
     """The batch of 8 (the last 2 rows masked as unused) is sharded over a 4-device mesh (forced CPU devices); the
     outcome is the one of the single-device run: same successes, queries and adversarial images."""

@@ -20,8 +20,6 @@ from conftest import ROOT, subprocess_env
 from smoothjax import checkpointing, data
 from smoothjax.models import get_model, make_apply_fn
 
-pytestmark = pytest.mark.slow
-
 IMAGES = 20  # 3 global batches of 8: the last has 4 padding rows (on 2 processes, all of process 1's rows)
 ARGS = ["--max_images=20", "--batch_size=8", "--noise_sd=0.0,0.1", "--m_test=2",
         "--attacks=clean,pgd,epgd,transfer,nattack", "--epsilon=0.15", "--pgd_steps=2", "--eot_passes=2",

@@ -21,8 +21,6 @@ import pytest
 from smoothjax import data, robustness_eval, siam, training
 from smoothjax.models import get_model
 
-pytestmark = pytest.mark.slow
-
 NOISE_SD, EPSILON, STEPS, BATCH, M = 0.3, 0.15, 150, 64, 16
 
 

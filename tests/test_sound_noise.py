@@ -101,7 +101,6 @@ def axis_classifier(threshold, images):
     return jnp.stack([z, -z], axis=-1)
 
 
-@pytest.mark.slow
 def test_sound_certify_on_a_half_space_matches_the_closed_form():
     # h(z) = [Q(z_0) > T / 255] = [z_0 > (T + 1/2) / 255] exactly, so the sound smoothed classifier is linear with
     # p_A = Phi(d / sigma) and robust radius d = |k - T - 1/2| / 255 for an image with level k in pixel 0.
