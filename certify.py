@@ -5,8 +5,11 @@
       --config.certify.skip=20 --config.certify.n=100000 --config.certify.batch_size=400
 
 Settings live in ``config.certify`` (sigma, n0, n, alpha, batch_size, skip, max, split, mode, seed,
-images_per_step); sigma defaults to the training sigma. Rows go to ``<workdir>/certify/<mode>_sigma_<sigma>.tsv``
-in the reference format as they finish; a killed run restarted with the same command continues where it stopped.
+images_per_step, tag); sigma defaults to the training sigma. Rows go to ``<workdir>/certify/<mode>_sigma_<sigma>.tsv``
+(``<mode>_<tag>_sigma_<sigma>.tsv`` with ``certify.tag``, e.g. ``n100k`` beside an n = 10,000 log) in the reference
+format as they finish; a killed run restarted with the same command continues where it stopped. The settings
+sidecar records the data by a fingerprint of the images (``smoothjax.data.fingerprint``), not by their path, so a
+committed log is continued from any checkout.
 At the end the certified-accuracy table (or prediction accuracy) of the whole log is printed.
 
 Sequential certification (anytime-valid; stops once the radius grid is settled, logs ``samples`` per image):

@@ -74,5 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
         "radii": "", "max_samples": 100_000, "cs_method": "betting", "futility": "projected", "futility_level": 0.01,
         # sound: exact grid noise (smoothjax.sound_noise), inputs rounded to the 1/255 grid; randomized_cp: the
         # randomized Clopper-Pearson bound (mode='certify'); both write separately named logs.
-        "sound": False, "randomized_cp": False})
+        "sound": False, "randomized_cp": False,
+        # tag: an extra part of the log name (certify_<tag>_sigma_0.25.tsv), e.g. to keep an n = 100,000 log beside
+        # the n = 10,000 one in the same workdir.
+        "tag": ""})
     return c

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def _validate(cc, sigma: float) -> None:
         value = cc.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"certify.{name}={value!r} is not allowed; it must be an integer >= 1")
+    tag = cc.get("tag", "")
+    if not isinstance(tag, str) or (tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", tag)):
+        raise ValueError(f"certify.tag={tag!r} is not allowed; use '' or letters, digits, '.' and '-' (e.g. n100k)")
     if isinstance(cc.max, bool) or not isinstance(cc.max, int) or not (cc.max == -1 or cc.max >= 1):
         raise ValueError(f"certify.max={cc.max!r} is not allowed; use -1 (all images) or an integer >= 1")
     certify_modes.validate(cc, sigma)  # sequential / sound / randomized_cp settings
@@ -102,24 +106,33 @@ def _orbax_errors_only():
         logging.set_verbosity(verbosity)
 
 
-def _settings(config, cc, sigma: float, step: int, num_examples: int) -> dict:
-    """Everything that changes the rows: a log is only ever continued with equal settings."""
+def _settings(config, cc, sigma: float, step: int, num_examples: int, data_fingerprint: str) -> dict:
+    """Everything that changes the rows: a log is only ever continued with equal settings.
+
+    The data are recorded by what they are (``data.fingerprint`` of the selected images), never by a path, so a
+    log committed on one machine is continued on another from any checkout."""
     keys = ("n0", "n", "alpha", "batch_size", "skip", "seed") if cc.mode == "certify" else (
         "n", "alpha", "batch_size", "skip", "seed")
     keys = () if cc.mode == "sequential" else keys  # certify_modes.settings has the sequential ones.
-    data_path = config.get("data_path") or ""
     return {"mode": cc.mode, "sigma": sigma, "dataset": config.dataset, "split": cc.split,
-            "data_path": str(Path(data_path).absolute()) if data_path else "", "num_examples": num_examples,
+            "num_examples": num_examples, "data_fingerprint": data_fingerprint,
             "checkpoint_step": step, **{k: cc[k] for k in keys}, **certify_modes.settings(cc, sigma),
             **empirical_robustness.settings(cc)}
+
+
+# Sidecars written before data fingerprints recorded the machine's absolute data path instead.
+_LEGACY_DATA_KEY, _DATA_KEY = "data_path", "data_fingerprint"
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    """Read-only: raises unless the existing log at ``path`` was made with exactly ``settings``."""
+def _check_settings(path: Path, settings: dict) -> bool:
+    """Read-only: raises unless the existing log at ``path`` was made with exactly ``settings``.
+
+    Returns True when the sidecar is of the older kind that recorded a data path instead of a data fingerprint
+    (everything else equal): its rows are continued and the caller may upgrade the sidecar."""
     meta = _sidecar(path)
     if not meta.exists():
         raise ValueError(f"{path} exists but {meta.name} (its settings) does not, so it may come from another run "
@@ -130,11 +143,14 @@ def _check_settings(path: Path, settings: dict) -> None:
         raise ValueError(f"{meta} is unreadable ({type(e).__name__}); move {path.name} and it away") from None
     if not isinstance(old, dict):
         raise ValueError(f"{meta} is not a settings file; move {path.name} and it away")
+    legacy = _LEGACY_DATA_KEY in old and _DATA_KEY not in old
+    ignored = {_LEGACY_DATA_KEY, _DATA_KEY} if legacy else set()
     diff = [f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings), key=str)
-            if old.get(k) != settings.get(k)]
+            if k not in ignored and old.get(k) != settings.get(k)]
     if diff:
         raise ValueError(f"{path} was made with other settings ({', '.join(diff)}); move it away or choose another "
                          "workdir")
+    return legacy
 
 
 def _open_log(path: Path, header: str, settings: dict):
@@ -145,7 +161,8 @@ def _open_log(path: Path, header: str, settings: dict):
     format, or is being written by another process.
     """
     if path.exists():
-        _check_settings(path, settings)
+        if _check_settings(path, settings):  # an older sidecar (data path, no fingerprint): record the data now
+            write_atomically(_sidecar(path), json.dumps(settings, indent=2) + "\n")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(_sidecar(path), json.dumps(settings, indent=2) + "\n")
@@ -275,13 +292,13 @@ def certify_workdir(config, workdir: str) -> Path:
                              f"{tuple(src.image_shape)}; the model in {workdir} takes {tuple(spec['image_shape'])}")
         if len(src) == 0:
             raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
-        out = log_path(workdir, cc.mode, sigma,
-                       certify_modes.log_variants(cc) + empirical_robustness.log_variants(cc))
-        settings = _settings(config, cc, sigma, step, len(src))
+        out = log_path(workdir, cc.mode, sigma, certify_modes.log_variants(cc)
+                       + empirical_robustness.log_variants(cc) + ((cc.tag,) if cc.get("tag") else ()))
+        every = list(range(0, len(src), cc.skip))  # ``max`` only limits how far the log goes, not what it is
+        settings = _settings(config, cc, sigma, step, len(src), data.fingerprint(src, every))
+        indices = every[: cc.max] if cc.max > 0 else every
         if out.exists() and jax.process_index() == 0:
             _check_settings(out, settings)  # Fail fast; checked again under the lock below.
-    indices = list(range(0, len(src), cc.skip))
-    indices = indices[: cc.max] if cc.max > 0 else indices
 
     num_processes, process = jax.process_count(), jax.process_index()
     mesh = parallel.make_mesh(jax.local_devices())

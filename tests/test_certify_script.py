@@ -7,6 +7,7 @@ One model is trained per test session (40 steps, conftest.trained); every certif
 
 import fcntl
 import functools
+import json
 import math
 import shutil
 import signal
@@ -112,6 +113,23 @@ def test_skip_and_max_select_every_skip_th_image(workdir):
     _ok(_certify(workdir, "--config.certify.skip=7", "--config.certify.max=-1", f"--config.certify.n={N}",
                  f"--config.certify.n0={N0}"))  # max is not a setting of the rows: the same log is continued
     assert [int(r[0]) for r in _rows(workdir / "certify" / "certify_sigma_0.25.tsv")] == list(range(0, 360, 7))
+
+
+def test_tag_names_a_second_log_and_an_older_sidecar_is_continued_and_upgraded(workdir):
+    args = [f"--config.certify.n={N}", f"--config.certify.n0={N0}", "--config.certify.max=3"]
+    _ok(_certify(workdir, *args, "--config.certify.tag=n200"))
+    tagged = workdir / "certify" / "certify_n200_sigma_0.25.tsv"
+    assert [int(r[0]) for r in _rows(tagged)] == [0, 1, 2]
+    assert not (workdir / "certify" / "certify_sigma_0.25.tsv").exists()
+    # A sidecar of the kind written before fingerprints: the machine's data path instead of what the data are.
+    sidecar = tagged.with_name(tagged.name + ".json")
+    settings = json.loads(sidecar.read_text())
+    fingerprint = settings.pop("data_fingerprint")
+    assert fingerprint.startswith("sha256:") and len(fingerprint) == 71
+    sidecar.write_text(json.dumps({**settings, "data_path": "/elsewhere/digits"}))
+    _ok(_certify(workdir, *args[:2], "--config.certify.max=5", "--config.certify.tag=n200"))
+    assert [int(r[0]) for r in _rows(tagged)] == [0, 1, 2, 3, 4]
+    assert json.loads(sidecar.read_text()) == {**settings, "data_fingerprint": fingerprint}  # no path any more
 
 
 # ------------------------------------------------------------------------------------------------ oracles
@@ -235,6 +253,7 @@ BAD = {
     "alpha_one": (["--config.certify.alpha=1.0"], None, "certify.alpha=1.0 "),
     "n0_zero": (["--config.certify.n0=0"], None, "certify.n0=0 "),
     "n_zero": (["--config.certify.n=0"], None, "certify.n=0 "),
+    "tag_with_underscore": (["--config.certify.tag=a_b"], None, "certify.tag='a_b' "),
     "no_checkpoint": ([], lambda w, r: shutil.rmtree(w / "checkpoints"), "no checkpoint in"),
     "empty_checkpoint": ([], _empty_checkpoint, "cannot be loaded"),
     "other_sigma_log": (["--config.certify.sigma=0.5"],

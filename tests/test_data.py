@@ -456,3 +456,26 @@ def test_array_source_validation_and_conversion():
         data.ArraySource(images.astype(np.int16), np.array([0]), 2)
     with pytest.raises(IndexError):
         src[1]
+
+
+def test_fingerprint_is_what_the_examples_are_not_where_they_lie(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 12)
+    np.savez(tmp_path / "a-test.npz", x=x, y=y)
+    (tmp_path / "elsewhere").mkdir()
+    np.savez(tmp_path / "elsewhere" / "b-test.npz", x=x, y=y)
+    indices = np.arange(0, 12, 3)
+    fps = {data.fingerprint(data.get_source("arrays", "test", path=p, num_classes=10), indices)
+           for p in (tmp_path / "a-test.npz", tmp_path / "elsewhere" / "b-test.npz")}
+    fps.add(data.fingerprint(data.ArraySource(data.as_float_image(x), y, 10), indices))  # same pixels as floats
+    assert len(fps) == 1
+    (fp,) = fps
+    changed_pixel, changed_label = x.copy(), y.copy()
+    changed_pixel[6, 1, 2, 0] ^= 1
+    changed_label[9] = (changed_label[9] + 1) % 10
+    assert data.fingerprint(data.ArraySource(changed_pixel, y, 10), indices) != fp
+    assert data.fingerprint(data.ArraySource(x, changed_label, 10), indices) != fp
+    assert data.fingerprint(data.ArraySource(changed_pixel, y, 10), [0, 3]) == data.fingerprint(
+        data.ArraySource(x, y, 10), [0, 3])  # only the selected examples count
+    assert data.fingerprint(data.ArraySource(x, y, 10), indices[::-1]) != fp  # and their order

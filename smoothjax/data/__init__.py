@@ -10,6 +10,7 @@ Heavy optional readers (tensorflow-datasets, Pillow, scikit-learn) are imported 
 
 from smoothjax.data.augment import (AUGMENT_NAMES, get_augment, identity, imagenet_eval_transform,
                                     random_crop_flip, random_resized_crop_flip, resize, sample_resized_crop_box)
+from smoothjax.data.fingerprint import fingerprint
 from smoothjax.data.loader import Loader, epoch_permutation, eval_batches, example_rng, load_examples
 from smoothjax.data.registry import SOURCE_NAMES, get_source
 from smoothjax.data.source import ArraySource, Source, as_float_image
@@ -17,7 +18,7 @@ from smoothjax.data.stats import DATASET_STATS
 
 __all__ = [
     "AUGMENT_NAMES", "ArraySource", "DATASET_STATS", "Loader", "SOURCE_NAMES", "Source", "as_float_image",
-    "epoch_permutation", "eval_batches", "example_rng", "get_augment", "get_source", "identity",
+    "epoch_permutation", "eval_batches", "fingerprint", "example_rng", "get_augment", "get_source", "identity",
     "imagenet_eval_transform", "load_examples", "random_crop_flip", "random_resized_crop_flip", "resize",
     "sample_resized_crop_box",
 ]
