@@ -58,6 +58,52 @@ def test_logits_equal_pytorch(name):
     np.testing.assert_allclose(out, logits, atol=1e-4, rtol=1e-4)
 
 
+SIAM_STATS = ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262))  # yanemcovsky/SIAM cifar_data.py
+COHEN_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # locuslab/smoothing datasets.py
+
+
+@pytest.mark.parametrize("arch", [None, "cifar_resnet8"])
+def test_a_bare_cifar_network_gets_siam_statistics_even_with_an_arch(arch, capsys):
+    # The reported defect: a SIAM ResNet imported with arch given was normalised with Cohen's statistics.
+    path, images, logits, _ = _fixture("siam_resnet8_zip")
+    model, variables = torch_import.load(path, arch=arch)
+    np.testing.assert_allclose(model.apply(variables, images), logits, atol=1e-4, rtol=1e-4)
+    err = capsys.readouterr().err
+    assert "preset 'siam', chosen from the layout" in err and "(0.491, 0.482, 0.447)" in err
+
+
+def test_presets_explicit_statistics_and_their_errors():
+    path, images, logits, _ = _fixture("siam_resnet8_zip")
+    cohen = torch_import.import_checkpoint(path, preset="cohen")
+    assert cohen.spec["normalization"] == "mean_std"
+    assert (tuple(cohen.spec["model_kwargs"]["mean"]), tuple(cohen.spec["model_kwargs"]["std"])) == COHEN_STATS
+    assert any("preset 'cohen', as requested" in note for note in cohen.notes)
+    wrong = np.asarray(cohen.model.apply(cohen.variables, images))
+    assert np.abs(wrong - logits).max() > 1e-2  # the statistics matter
+    centered = torch_import.import_checkpoint(path, preset="smoothadv")
+    assert centered.spec["normalization"] == "mean" and "std" not in centered.spec["model_kwargs"]
+    explicit = torch_import.import_checkpoint(path, preset="cohen", mean=SIAM_STATS[0], std=SIAM_STATS[1])
+    np.testing.assert_allclose(explicit.model.apply(explicit.variables, images), logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown normalisation preset 'bogus'; choose one of: cohen, smoothadv, "
+                                         "siam, torchvision"):
+        torch_import.import_checkpoint(path, preset="bogus")
+    resnet = next(n for n in IMPORTABLE if "torchvision" in n)
+    with pytest.raises(ValueError, match="preset 'siam' has statistics for cifar10 networks only; this checkpoint is "
+                                         "a network for imagenet: choose one of cohen, smoothadv, torchvision"):
+        torch_import.import_checkpoint(FIXTURES / f"{resnet}.pth.tar", preset="siam")
+
+
+def test_clean_accuracy_on_an_npz_counts_correct_predictions(tmp_path):
+    path, images, logits, _ = _fixture("siam_resnet8_zip")
+    imported = torch_import.import_checkpoint(path)
+    labels = logits.argmax(-1)
+    labels[:2] = (labels[:2] + 1) % 10  # two wrong labels
+    npz = tmp_path / "check-test.npz"
+    np.savez(npz, x=np.round(images * 255).astype(np.uint8), y=labels)
+    accuracy, count = torch_import.clean_accuracy(imported, npz, batch_size=3)
+    assert count == len(labels) and accuracy == pytest.approx((len(labels) - 2) / len(labels))
+
+
 def test_load_returns_model_and_variables_and_says_what_it_inferred(capsys):
     path, images, logits, _ = _fixture("cohen_cifar_resnet8_noise_0.50_zip")
     model, variables = torch_import.load(path, arch="cifar_resnet8", num_classes=10)
@@ -326,9 +372,19 @@ def test_cli_needs_sigma_when_the_path_has_none(tmp_path, capsys):
     assert cli_main([str(siam), "--workdir", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "pass --sigma" in err and err.count("\n") == 1
-    assert cli_main([str(siam), "--workdir", str(tmp_path / "b"), "--sigma", "0.5"]) == 0
+    assert cli_main([str(siam), "--workdir", str(tmp_path / "b"), "--sigma", "0.5", "--preset", "siam",
+                     "--check_data", str(_fixture_npz(tmp_path))]) == 0
     assert json.loads((tmp_path / "b" / "model.json").read_text())["sigma"] == 0.5
+    out = capsys.readouterr().out
+    assert "preset 'siam', as requested" in out and "clean accuracy of the imported base classifier on" in out
     evil = _zip_checkpoint(tmp_path / "evil.pth", pickle.dumps(_RunsCode("true"), protocol=2), {})
     assert cli_main([str(evil), "--workdir", str(tmp_path / "c"), "--sigma", "0.5"]) == 2
     assert "refusing to unpickle posix.system" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def _fixture_npz(tmp_path):
+    """The SIAM fixture's images labelled with PyTorch's predictions, as an .npz test set."""
+    _, images, logits, _ = _fixture("siam_resnet8_zip")
+    np.savez(tmp_path / "check-test.npz", x=np.round(images * 255).astype(np.uint8), y=logits.argmax(-1))
+    return tmp_path / "check-test.npz"

@@ -35,11 +35,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sigma", type=float, help="training noise level (default: from noise_<s> in the path)")
     parser.add_argument("--dataset", help="statistics for the first layer: cifar10, imagenet, imagenet32, "
                                           "siam_cifar10, cifar100 (default: from the arch / layout)")
+    parser.add_argument("--preset", choices=("cohen", "smoothadv", "siam", "torchvision"),
+                        help="whose first layer the network was trained behind (default: from the layout where "
+                             "unambiguous: bare CIFAR ResNet = siam, bare ResNet-50 = torchvision)")
     parser.add_argument("--mean", type=_floats, help="explicit per-channel mean, e.g. 0.49,0.48,0.45")
     parser.add_argument("--std", type=_floats, help="explicit per-channel std")
+    parser.add_argument("--check_data", help="an .npz of test images (x uint8 NHWC, y) to measure the imported base "
+                                             "classifier's clean accuracy on, to compare with the published figure")
     args = parser.parse_args(argv)
 
-    from smoothjax.torch_import import import_checkpoint, sigma_from_path
+    from smoothjax.torch_import import clean_accuracy, import_checkpoint, sigma_from_path
     from smoothjax.torch_import.workdir import write_workdir
 
     try:
@@ -50,10 +55,14 @@ def main(argv=None) -> int:
             raise ValueError("pass --sigma (the noise level the model was trained for): the path has no noise_<s> "
                              "component to read it from")
         imported = import_checkpoint(args.checkpoint, args.arch, args.num_classes, args.normalization, sigma=sigma,
-                                     dataset=args.dataset, mean=args.mean, std=args.std)
+                                     dataset=args.dataset, mean=args.mean, std=args.std, preset=args.preset)
         for note in imported.notes:
             print(note)
         write_workdir(imported, args.workdir, sigma)
+        if args.check_data:
+            accuracy, count = clean_accuracy(imported, args.check_data)
+            print(f"clean accuracy of the imported base classifier on {count} images of {args.check_data}: "
+                  f"{accuracy:.4f} (compare with the published figure)")
     except ValueError as e:
         print(f"python -m smoothjax.torch_import: error: {e}", file=sys.stderr)
         return 2

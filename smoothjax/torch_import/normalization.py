@@ -37,6 +37,31 @@ STATS = {
     "siam_cifar10": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
 }
 KINDS = ("mean_std", "mean", "none")
+
+# What each published source puts in front of its network, per data family: (kind, key of STATS). Cohen et al.'s
+# NormalizeLayer and SmoothAdv's InputCenterLayer (architectures.py, for every data set) share datasets.py's
+# statistics; SIAM normalises in its data pipeline (cifar_data.py, CIFAR-10 and CIFAR-100 alike); torchvision's
+# ResNet-50 expects the ImageNet statistics in the data pipeline.
+PRESETS = {
+    "cohen": {"cifar10": ("mean_std", "cifar10"), "imagenet32": ("mean_std", "imagenet32"),
+              "imagenet": ("mean_std", "imagenet")},
+    "smoothadv": {"cifar10": ("mean", "cifar10"), "imagenet32": ("mean", "imagenet32"), "imagenet": ("mean", "imagenet")},
+    "siam": {"cifar10": ("mean_std", "siam_cifar10")},
+    "torchvision": {"imagenet": ("mean_std", "imagenet")},
+}
+
+
+def preset(name: str, family: str) -> tuple[str, tuple, tuple]:
+    """``(kind, mean, std)`` of source ``name`` (a key of ``PRESETS``) for a network of data ``family``
+    (``cifar10``, ``imagenet32`` or ``imagenet``); raises a one-line ValueError naming what is allowed."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown normalisation preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if family not in PRESETS[name]:
+        raise ValueError(f"preset {name!r} has statistics for {', '.join(PRESETS[name])} networks only; this "
+                         f"checkpoint is a network for {family}: choose one of "
+                         f"{', '.join(k for k, v in PRESETS.items() if family in v)} or pass mean and std")
+    kind, key = PRESETS[name][family]
+    return kind, *STATS[key]
 _MEAN_NAMES, _STD_NAMES = ("means", "mean", "mu"), ("sds", "std", "stds", "sigma")
 RHO_MIN, RHO_MAX = 0.7, 6.0
 
