@@ -24,10 +24,10 @@ import datetime
 
 import numpy as np
 
-from smoothjax import sound_noise
+from smoothjax.certification import sound_noise
 from smoothjax.analysis import parse_radii
-from smoothjax.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_futility, check_radii
-from smoothjax.sequential import METHODS as SEQUENTIAL_METHODS
+from smoothjax.certification.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_futility, check_radii
+from smoothjax.certification.sequential import METHODS as SEQUENTIAL_METHODS
 
 HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime",
            "sequential": "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"}
@@ -106,7 +106,7 @@ def evaluator(cc, sigma: float, apply_fn, num_classes: int):
     common = dict(sigma=sigma, alpha=cc.alpha, batch_size=cc.batch_size, num_classes=num_classes,
                   sound=bool(cc.get("sound", False)))
     if cc.mode == "sequential":
-        from smoothjax.sequential import certify_sequential
+        from smoothjax.certification import certify_sequential
         radii = resolve_radii(cc.get("radii", ""), sigma)
 
         def run(keys, variables, x):
@@ -115,7 +115,7 @@ def evaluator(cc, sigma: float, apply_fn, num_classes: int):
             return cert.prediction, cert.radius, cert.num_samples
         return run
     if cc.get("randomized_cp", False):
-        from smoothjax.randomized_certification import certify_randomized
+        from smoothjax.certification import certify_randomized
 
         def run(keys, variables, x):
             cert = certify_randomized(keys, apply_fn, variables, x, n0=cc.n0, n=cc.n, **common)

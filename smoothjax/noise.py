@@ -7,12 +7,22 @@ reference implementations (which add ``randn_like(x) * sigma`` before normalisat
 
 The random bits do not depend on how the arrays are sharded (``jax_threefry_partitionable``, the
 default in current JAX), so the same key gives the same noise on 1 device and on a pod.
+
+Keys are always passed explicitly and never defaulted. Where one key must feed several independent streams, the
+stream is ``jax.random.fold_in(key, TAG)`` with one of the tags below, defined here and nowhere else, so that no two
+parts of the library can draw from the same stream by accident (noise streams fold in draw or chunk indices, which
+are small integers; the tags are large and distinct).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+# PRNG stream tags (``fold_in`` constants). Changing one changes the numbers of every log made with it.
+ATTACK_STREAM = 0x5AD  # certify.py's predict mode under attack: the attack's noise and directions, per image key
+UNIFORM_STREAM = 0x52435055  # randomized Clopper-Pearson: the uniform u of each image ("RCPU")
+SMOOTHED_EVAL_SEED_OFFSET = 7919  # training-time evaluation of a stochastic (SIAM) model: key(config.seed + 7919)
 
 
 def check_sigma(sigma: float) -> float:

@@ -22,8 +22,7 @@ import pytest
 from conftest import ROOT, snapshot, subprocess_env
 from smoothjax import analysis, certification, checkpointing, data
 from smoothjax.models import make_apply_fn
-from smoothjax.randomized_certification import certify_randomized
-from smoothjax.sequential import certify_sequential
+from smoothjax.certification import certify_randomized, certify_sequential
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"
 SIGMA, N0, MAX_SAMPLES, BATCH, ALPHA, SEED, MAX = 0.25, 20, 3000, 250, 0.001, 0, 12

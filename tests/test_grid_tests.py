@@ -1,4 +1,4 @@
-"""Tests of smoothjax.grid_tests (one anytime-valid test per grid threshold) against exact binomial recursions."""
+"""Tests of smoothjax.certification.grid_tests (one anytime-valid test per grid threshold) against exact binomial recursions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import scipy.special as sp
 import scipy.stats as st
 
 from smoothjax import certification as C
-from smoothjax import grid_tests as G
+from smoothjax.certification import grid_tests as G
 
 THRESHOLDS = st.norm.cdf([0.0, 1.0, 2.0, 3.0])
 
@@ -89,7 +89,7 @@ def test_rejection_table_is_the_smallest_rejecting_count_and_nondecreasing_over_
 def test_grid_tests_need_fewer_draws_than_the_betting_sequence_near_a_threshold():
     # Same decision (certify p_A > p) from the same binomial stream: at p_A just above the threshold the grid
     # test must reject with fewer draws than the KT betting confidence sequence (which pays for every threshold).
-    from smoothjax import confidence_sequences as cs
+    from smoothjax.certification import confidence_sequences as cs
     alpha, checks, p = 0.001, np.arange(1, 1001) * 100, float(st.norm.cdf(2.0))
     grid = G.rejection_table(alpha, checks, [p], 100_000)[:, 0]
     betting = cs.decision_tables("betting", alpha, checks, [p])[0][:, 0]

@@ -1,4 +1,4 @@
-"""Tests of smoothjax.randomized_certification against SciPy and simulation on a classifier with a known p_A."""
+"""Tests of smoothjax.certification.randomized against SciPy and simulation on a classifier with a known p_A."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import scipy.optimize
 import scipy.stats as st
 
 from smoothjax import certification as C
-from smoothjax import randomized_certification as R
+from smoothjax.certification import randomized as R
+from smoothjax.noise import UNIFORM_STREAM
 
 SIGMA = 0.5
 
@@ -63,7 +64,7 @@ def test_bound_inverts_the_randomized_binomial_test():
     cert = R.certify_randomized(keys, linear2, w, images, sigma=SIGMA, n0=20, n=n, alpha=alpha, batch_size=100,
                                 num_classes=2)
     for i in range(6):
-        hi, lo = (int(b) for b in jax.random.bits(jax.random.fold_in(keys[i], R.UNIFORM_TAG), (2,), jnp.uint32))
+        hi, lo = (int(b) for b in jax.random.bits(jax.random.fold_in(keys[i], UNIFORM_STREAM), (2,), jnp.uint32))
         u = ((((hi << 32) | lo) >> 11) + 1) / 2.0**53
         s = int(cert.count[i])
         assert 0 < s < n

@@ -1,4 +1,4 @@
-"""Tests of smoothjax.confidence_sequences and smoothjax.sequential against closed forms, SciPy and simulation."""
+"""Tests of smoothjax.certification.confidence_sequences and .sequential against closed forms, SciPy and simulation."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import scipy.special as sp
 import scipy.stats as st
 
 from smoothjax import certification as C
-from smoothjax import confidence_sequences as cs
-from smoothjax import sequential as S
+from smoothjax.certification import _sampling
+from smoothjax.certification import confidence_sequences as cs
+from smoothjax.certification import sequential as S
 
 HERE = Path(__file__).resolve().parent
 SIGMA = 0.5
@@ -130,12 +131,12 @@ def test_randomized_clopper_pearson_has_exact_coverage():
     rng = np.random.default_rng(5)
     n, alpha, p, runs = 30, 0.1, 0.8, 100_000
     s, u = rng.binomial(n, p, size=runs), rng.uniform(size=runs)
-    lower = cs.randomized_clopper_pearson_lower(s, n, alpha, u)
+    lower = C.randomized_clopper_pearson_lower(s, n, alpha, u)
     rate = np.mean(lower > p)
     assert abs(rate - alpha) < 4 * np.sqrt(alpha * (1 - alpha) / runs)  # Exact, not just <= alpha.
     deterministic = np.mean(st.beta.ppf(alpha, np.maximum(s, 1), n - s + 1) * (s > 0) > p)
     assert deterministic < alpha - 0.02  # Ordinary Clopper-Pearson is conservative here; the randomized one is not.
-    assert cs.randomized_clopper_pearson_lower(n, n, alpha, 0.5 * alpha) == 1.0  # No alpha^(1/n) cap.
+    assert C.randomized_clopper_pearson_lower(n, n, alpha, 0.5 * alpha) == 1.0  # No alpha^(1/n) cap.
 
 
 # -------------------------------------------------------------------------------------- sequential certification
@@ -269,7 +270,7 @@ def test_stopping_time_equals_an_independent_rederivation(futility):
     projected = S.projected_failures_table(checks, s_lower, level) if futility == "projected" else None
     for i in range(2):
         key_est = jax.random.split(keys[i])[1]  # the estimation stream, batch by batch
-        per_batch = jax.vmap(lambda j: C._chunk_counts(key_est, j, images[i], linear2, params, SIGMA, batch,
+        per_batch = jax.vmap(lambda j: _sampling.chunk_counts(key_est, j, images[i], linear2, params, SIGMA, batch,
                                                        max_samples, 2))(jnp.arange(len(checks)))
         cum = np.cumsum(np.asarray(per_batch)[:, int(cert.guess[i])])
         stop, settled = _stopping_rule_by_hand(cum, checks, s_lower, s_upper, projected)

@@ -1,4 +1,4 @@
-"""Tests of smoothjax.sound_noise (exact grid noise) and of sound=True in certification, against SciPy closed forms."""
+"""Tests of smoothjax.certification.sound_noise (exact grid noise) and of sound=True in certification, against SciPy closed forms."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import scipy.stats as st
 
 from smoothjax import certification as C
-from smoothjax import sound_noise as S
+from smoothjax.certification import sound_noise as S
 
 
 @pytest.mark.parametrize("sigma", [0.02, 0.25, 1.0])

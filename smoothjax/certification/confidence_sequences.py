@@ -16,8 +16,6 @@ the answer is clear. All bounds here depend on the data only through ``(S, t)``,
 * ``union``: Clopper-Pearson intervals at the checking times ``t_1 < ... < t_K`` only, each at level
   ``alpha / K`` (Bonferroni): ``P[exists k: p < L_k or p > U_k]`` is not bounded by alpha jointly, but each *side*
   is: ``P[exists k: L_k > p] <= alpha`` and ``P[exists k: U_k < p] <= alpha``. Simpler; valid only at those times.
-* ``randomized_clopper_pearson_lower``: the fixed-``n`` randomized Clopper-Pearson bound with exact coverage
-  ``P[L > p] = alpha`` for every p (Voracek 2024); it needs an extra uniform draw and is not a CS.
 
 Everything is float64 NumPy/SciPy on the host. Decisions are made *conservatively*: a candidate is excluded only
 when the test statistic clears the threshold by a margin (``1e-8`` nats for betting, a factor ``1 - 1e-9`` on the
@@ -30,10 +28,9 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
+from smoothjax.certification._host_stats import LEVEL_FACTOR, LOG_MARGIN, bisect, first_true
+
 METHODS = ("betting", "union")
-_LOG_MARGIN = 1e-8  # nats added to log(1/alpha) before excluding a candidate mean (betting).
-_LEVEL_FACTOR = 1.0 - 1e-9  # union-bound tests reject at a level this much below alpha / K.
-_BISECTIONS = 64
 
 
 def check_method(method) -> str:
@@ -61,15 +58,6 @@ def betting_log_wealth(m, successes, trials) -> np.ndarray:
                 - scipy.special.xlogy(s, m) - scipy.special.xlog1py(t - s, -m))
 
 
-def _bisect(excluded, lo, hi):
-    """Boundary of the excluded region: ``excluded(lo)`` holds and ``excluded(hi)`` does not; returns (lo, hi)."""
-    for _ in range(_BISECTIONS):
-        mid = 0.5 * (lo + hi)
-        ex = excluded(mid)
-        lo, hi = np.where(ex, mid, lo), np.where(ex, hi, mid)
-    return lo, hi
-
-
 def betting_bounds(successes, trials, alpha: float):
     """The KT betting CS ``(L_t, U_t)`` at level 1 - alpha, for arrays of counts (float64, conservative).
 
@@ -79,17 +67,17 @@ def betting_bounds(successes, trials, alpha: float):
       ``L_t = 0`` when ``S = 0`` and ``U_t = 1`` when ``S = t``; trials must be >= 1.
     """
     s, t = np.broadcast_arrays(np.asarray(successes, np.float64), np.asarray(trials, np.float64))
-    threshold = np.log(1.0 / alpha) + _LOG_MARGIN
+    threshold = np.log(1.0 / alpha) + LOG_MARGIN
     mean = s / t
-    lower, _ = _bisect(lambda m: betting_log_wealth(m, s, t) >= threshold, np.zeros_like(mean), mean)
-    _, upper = _bisect(lambda m: betting_log_wealth(m, s, t) < threshold, mean, np.ones_like(mean))
+    lower, _ = bisect(lambda m: betting_log_wealth(m, s, t) >= threshold, np.zeros_like(mean), mean)
+    _, upper = bisect(lambda m: betting_log_wealth(m, s, t) < threshold, mean, np.ones_like(mean))
     return np.where(s > 0, lower, 0.0), np.where(s < t, upper, 1.0)
 
 
 def union_bounds(successes, trials, level: float):
     """One-sided Clopper-Pearson ``(L, U)`` at ``level`` each: ``P[L > p] <= level`` and ``P[U < p] <= level``."""
     s, t = np.broadcast_arrays(np.asarray(successes, np.float64), np.asarray(trials, np.float64))
-    level = level * _LEVEL_FACTOR
+    level = level * LEVEL_FACTOR
     lower = scipy.stats.beta.ppf(level, np.maximum(s, 1.0), t - s + 1.0)
     upper = scipy.stats.beta.isf(level, s + 1.0, np.maximum(t - s, 1.0))
     return np.where(s > 0, lower, 0.0), np.where(s < t, upper, 1.0)
@@ -100,19 +88,6 @@ def bounds(method: str, successes, trials, alpha: float, num_checks: int):
     if check_method(method) == "betting":
         return betting_bounds(successes, trials, alpha)
     return union_bounds(successes, trials, alpha / num_checks)
-
-
-def first_true(pred, lo, hi):
-    """Smallest integer s in [lo, hi] with pred(s), for pred monotone (False...True) on [lo, hi]; hi + 1 if none."""
-    lo = np.asarray(lo, np.int64) + np.zeros(np.shape(hi), np.int64)
-    top = np.asarray(hi, np.int64) + np.zeros(lo.shape, np.int64)
-    hi = top + 1
-    while np.any(lo < hi):
-        active = lo < hi
-        mid = np.minimum((lo + hi) // 2, top)
-        ok = pred(mid)
-        lo, hi = np.where(active & ~ok, mid + 1, lo), np.where(active & ok, mid, hi)
-    return lo
 
 
 def decision_tables(method: str, alpha: float, checks, thresholds):
@@ -136,36 +111,14 @@ def decision_tables(method: str, alpha: float, checks, thresholds):
     t = np.asarray(checks, np.int64)[:, None] + np.zeros((1, len(thresholds)), np.int64)
     p = np.asarray(thresholds, np.float64)[None, :] + np.zeros(t.shape)
     if method == "betting":
-        threshold = np.log(1.0 / alpha) + _LOG_MARGIN
+        threshold = np.log(1.0 / alpha) + LOG_MARGIN
         start = np.ceil(p * t).astype(np.int64)  # S >= p t: p is at or below the mean S / t.
         s_lower = first_true(lambda s: betting_log_wealth(p, s, t) >= threshold, start, t)
         stop = np.floor(p * t).astype(np.int64)
         s_upper = first_true(lambda s: betting_log_wealth(p, s, t) < threshold, 0, stop) - 1
     else:
-        level = alpha / len(checks) * _LEVEL_FACTOR
+        level = alpha / len(checks) * LEVEL_FACTOR
         # L >= p  iff  P_p[X >= S] <= level;  U < p  iff  P_p[X <= S] <= level  (X ~ Binomial(t, p)).
         s_lower = first_true(lambda s: scipy.stats.binom.sf(s - 1, t, p) <= level, 0, t)
         s_upper = first_true(lambda s: scipy.stats.binom.cdf(s, t, p) > level, 0, t) - 1
     return s_lower, s_upper
-
-
-def randomized_clopper_pearson_lower(successes, trials, alpha: float, u) -> np.ndarray:
-    """Randomized one-sided Clopper-Pearson lower bound with exact coverage (float64).
-
-    Args:
-      successes, trials: counts ``0 <= S <= n``, n >= 1.
-      alpha: level in (0, 1).
-      u: independent Uniform(0, 1) draws (broadcast with the counts).
-
-    Returns:
-      ``L = sup{m : P_m[X > S] + u P_m[X = S] <= alpha}`` (X ~ Binomial(n, m)), the inversion of the randomized
-      test; for every true p, ``P[L > p] = alpha`` exactly (the randomized p-value is Uniform(0, 1) under p), and
-      ``L = 1`` when ``S = n`` and ``u <= alpha`` (no ``alpha^(1/n)`` cap). The certificate depends on ``u``.
-    """
-    s, n, u = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (successes, trials, u)))
-
-    def pvalue(m):
-        return scipy.stats.binom.sf(s, n, m) + u * scipy.stats.binom.pmf(s, n, m)
-
-    lower, _ = _bisect(lambda m: pvalue(m) <= alpha * _LEVEL_FACTOR, np.zeros_like(s), np.ones_like(s))
-    return np.where(pvalue(np.ones_like(s)) <= alpha * _LEVEL_FACTOR, 1.0, lower)

@@ -28,9 +28,8 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
-from smoothjax import confidence_sequences as cs
+from smoothjax.certification._host_stats import LOG_MARGIN, first_true
 
-_LOG_MARGIN = 1e-8  # nats added to log(1/alpha) before rejecting (absorbs float64 rounding)
 _FIRST, _RATIO, _DECAY = 1.5, 2.0, 0.5  # alternatives p + x delta: x = 1.5 * 2^j with weight 2^-j
 _CAP = 1e-3  # the largest alternative is 1 - (1 - p) * _CAP
 
@@ -93,7 +92,7 @@ def rejection_table(alpha: float, checks, thresholds, max_samples: int) -> np.nd
       some check] <= alpha (module docstring).
     """
     checks = np.asarray(checks, np.int64)
-    threshold = np.log(1.0 / alpha) + _LOG_MARGIN
+    threshold = np.log(1.0 / alpha) + LOG_MARGIN
     table = np.empty((checks.size, len(thresholds)), np.int64)
     for g, p in enumerate(np.asarray(thresholds, np.float64)):
         if p >= 1.0:  # no success count rejects p_A <= 1
@@ -101,5 +100,5 @@ def rejection_table(alpha: float, checks, thresholds, max_samples: int) -> np.nd
             continue
         q, log_w = default_alternatives(p, alpha, max_samples)
         start = np.floor(p * checks).astype(np.int64)  # below p t the statistic is < 1 (every term < 0 in log)
-        table[:, g] = cs.first_true(lambda s: log_mixture(s, checks, p, q, log_w) >= threshold, start, checks)
+        table[:, g] = first_true(lambda s: log_mixture(s, checks, p, q, log_w) >= threshold, start, checks)
     return np.maximum.accumulate(table, axis=1)
