@@ -15,7 +15,7 @@ Argument after ':' (comma-separated ``key=value``; all optional):
   steps      attack steps T (paper grid 1, 2, 4, 6, 8, 10; default 1)
   m          noise draws per image for the attack, m_train (1, 2, 4, 8; default 1)
   multi      1 = train on all m noisy copies (``--train-multi-noise``); the batch becomes 256 // m so that each step
-             sees the reference's estimator (B/m images x m draws) and as many steps per epoch (smoothjax.smoothadv)
+             sees the reference's estimator (B/m images x m draws) and as many steps per epoch (smoothadv.loss)
   nograd     1 = gradient-free PGD estimate (``--no-grad-attack``, m >= 2)
   warmup     epochs of linear epsilon warm-up (default 10)
   finetune   a workdir of an ImageNet-32 SmoothAdv run (configs/imagenet_smoothadv.py:pretrain32=1): fine-tune it
@@ -64,19 +64,20 @@ def parse(arg: str) -> dict:
 
 
 def apply_smoothadv(c, args: dict, *, default_warmup: int) -> None:
-    """Sets the SmoothAdv fields of config ``c`` from parsed arguments."""
+    """Sets ``c.loss``, ``c.sigma`` and the SmoothAdv fields ``c.smoothadv`` of config ``c`` from parsed arguments."""
     c.loss = "smoothadv"
     c.normalization = "mean"  # the reference's InputCenterLayer: x - mean, no division
-    c.sigma = args.get("sigma", 0.25)
-    c.attack = args.get("attack", "pgd")
-    c.epsilon = args["eps256"] / 256.0 if "eps256" in args else args.get("eps", 0.25)
-    c.num_steps = args.get("steps", 1)
-    c.num_noise_vec = args.get("m", 1)
-    c.train_multi_noise = bool(args.get("multi", 0))
-    c.no_grad_attack = bool(args.get("nograd", 0))
-    c.warmup = args.get("warmup", default_warmup)
-    if c.train_multi_noise:
-        c.batch_size = max(1, c.batch_size // c.num_noise_vec)
+    c.sigma = args.get("sigma", c.sigma)
+    s = c.smoothadv  # defaults: configs/common.py
+    s.attack = args.get("attack", s.attack)
+    s.epsilon = args["eps256"] / 256.0 if "eps256" in args else args.get("eps", s.epsilon)
+    s.num_steps = args.get("steps", s.num_steps)
+    s.num_noise_vec = args.get("m", s.num_noise_vec)
+    s.train_multi_noise = bool(args.get("multi", s.train_multi_noise))
+    s.no_grad_attack = bool(args.get("nograd", s.no_grad_attack))
+    s.warmup = args.get("warmup", default_warmup)
+    if s.train_multi_noise:
+        c.batch_size = max(1, c.batch_size // s.num_noise_vec)
 
 
 def get_config(arg: str = ""):

@@ -20,16 +20,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_classes = 0  # 0 = from the data source
     # Randomized smoothing: noise level in pixel units (images in [0, 1]).
     c.sigma = 0.25
-    c.loss = "gaussian"  # gaussian | smoothadv
+    c.loss = "gaussian"  # gaussian | smoothadv | siam (smoothjax.jobs.train.LOSSES)
     # SmoothAdv (loss='smoothadv', Salman et al. 2019): attack the soft smoothed classifier, train on x_adv + noise.
-    c.attack = "pgd"  # none | pgd | ddn
-    c.epsilon = 0.25  # L2 budget in pixel units (the reference's --epsilon 64 = 64/256)
-    c.num_steps = 1  # attack steps T
-    c.num_noise_vec = 1  # m, noise draws per image for the attack
-    c.train_multi_noise = False  # cross-entropy on all m noisy copies (else on the first)
-    c.no_grad_attack = False  # PGD with the gradient-free estimate (m >= 2)
-    c.warmup = 1  # epochs of linear epsilon warm-up
-    c.ddn_gamma = 0.05
+    c.smoothadv = ml_collections.ConfigDict({
+        "attack": "pgd",  # none | pgd | ddn
+        "epsilon": 0.25,  # L2 budget in pixel units (the reference's --epsilon 64 = 64/256)
+        "num_steps": 1,  # attack steps T
+        "num_noise_vec": 1,  # m, noise draws per image for the attack
+        "train_multi_noise": False,  # cross-entropy on all m noisy copies (else on the first)
+        "no_grad_attack": False,  # PGD with the gradient-free estimate (m >= 2)
+        "warmup": 1,  # epochs of linear epsilon warm-up
+        "ddn_gamma": 0.05})
     # Fine-tuning: a trained run's workdir to start from (new classifier head when the class count differs).
     c.init_from = ""
     # Self-training: a teacher run's workdir pseudo-labels self_training_dataset; its batches alternate with

@@ -12,7 +12,7 @@ from typing import Callable
 
 import jax
 
-from smoothjax import attacks
+from smoothjax.smoothadv import attacks
 from smoothjax.analysis.empirical import attack_name
 
 ATTACKS = ("none", "pgd", "ddn")

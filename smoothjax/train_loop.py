@@ -24,8 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from smoothjax import (best_checkpoint, checkpointing, data, finetuning, parallel, self_training, siam, smoothadv,
-                       training)
+from smoothjax import best_checkpoint, checkpointing, data, parallel, siam, smoothadv, training
+from smoothjax.smoothadv import finetuning, self_training
 from smoothjax.models import get_model
 from smoothjax.noise import check_sigma
 from smoothjax.reporting import Reporter

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smoothjax import attacks, parallel, smoothadv, training
+from smoothjax import parallel, smoothadv, training
 from smoothjax.models import CifarResNet, make_apply_fn
 
 
@@ -31,10 +31,10 @@ def run(out_path: str, batch: int = 8, m: int = 2) -> None:
     shard_in = (repl, rows, rows, noise_rows, repl)
     results = {}
     for name, fn in [
-        ("pgd", lambda v, a, b, n, k: attacks.smooth_pgd_l2(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2, key=k)),
-        ("no_grad", lambda v, a, b, n, k: attacks.smooth_pgd_l2(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2,
+        ("pgd", lambda v, a, b, n, k: smoothadv.smooth_pgd_l2(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2, key=k)),
+        ("no_grad", lambda v, a, b, n, k: smoothadv.smooth_pgd_l2(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2,
                                                                 no_grad=True, key=k)),
-        ("ddn", lambda v, a, b, n, k: attacks.smooth_ddn(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2,
+        ("ddn", lambda v, a, b, n, k: smoothadv.smooth_ddn(apply_fn, v, a, b, n, epsilon=0.5, num_steps=2,
                                                          init_norm=0.5, key=k)),
     ]:
         results[name] = np.asarray(jax.jit(fn, in_shardings=shard_in, out_shardings=rows)(*args))

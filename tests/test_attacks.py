@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, subprocess_env
-from smoothjax import attacks
+from smoothjax.smoothadv import attacks
 from smoothjax.models import get_model, make_apply_fn
 
 SHAPE = (4, 4, 1)  # 16 pixels: linear models stay tiny.
+KEY = jax.random.key(0)  # the random directions of zero gradients (keys are required, never defaulted)
 
 
 def linear_apply(variables, images):
@@ -68,7 +69,7 @@ def test_pgd_reaches_closed_form_on_two_class_linear_model(num_steps, m):
     noise = None if m == 1 else jnp.zeros((m, 4) + SHAPE)
     eps = 0.3
     x_adv = jax.jit(lambda v, x, y: attacks.smooth_pgd_l2(linear_apply, v, x, y, noise, epsilon=eps,
-                                                          num_steps=num_steps))(v, x, y)
+                                                          num_steps=num_steps, key=KEY))(v, x, y)
     w = np.asarray(v["w"], np.float64)
     for i, label in enumerate(np.asarray(y)):
         diff = w[:, label] - w[:, 1 - label]  # the true class's weight minus the other's
@@ -84,7 +85,7 @@ def test_one_pgd_step_matches_numpy_rederivation():
     noise = jnp.asarray(0.3 * rng.standard_normal((3, 6) + SHAPE), jnp.float32)
     for eps, step, no_grad in [(0.4, None, False), (2.0, 0.7, False), (0.4, None, True), (5.0, 1.5, True)]:
         got = attacks.smooth_pgd_l2(linear_apply, v, x, y, noise, epsilon=eps, num_steps=1, step_size=step,
-                                    no_grad=no_grad)
+                                    no_grad=no_grad, key=KEY)
         want = numpy_pgd_step(v["w"], v["b"], np.asarray(x), np.asarray(y), np.asarray(noise), eps,
                               2 * eps if step is None else step, no_grad)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"eps={eps} step={step} no_grad={no_grad}")
@@ -130,7 +131,8 @@ def test_budget_and_box_always_hold(attack):
     noise = 0.5 * jax.random.normal(jax.random.key(5), (4, 8, 8, 8, 1))
     if attack == "ddn":
         def fn(eps):
-            return attacks.smooth_ddn(apply_fn, v, jnp.asarray(x), y, noise, epsilon=eps, num_steps=4, init_norm=1.0)
+            return attacks.smooth_ddn(apply_fn, v, jnp.asarray(x), y, noise, epsilon=eps, num_steps=4, init_norm=1.0,
+                                      key=KEY)
     else:
         def fn(eps):
             return attacks.smooth_pgd_l2(apply_fn, v, jnp.asarray(x), y, noise, epsilon=eps, num_steps=3,
@@ -168,7 +170,7 @@ def test_ddn_finds_minimal_adversarial_on_linear_model():
     diff = w[:, 0] - w[:, 1]
     # Shift the bias so that class 0 wins at x with distance d_i to the boundary.
     attack = jax.jit(lambda b: attacks.smooth_ddn(linear_apply, {"w": v["w"], "b": b}, x[:1], jnp.array([0]), None,
-                                                  epsilon=1.0, num_steps=10, init_norm=1.0, gamma=0.05)[0])
+                                                  epsilon=1.0, num_steps=10, init_norm=1.0, gamma=0.05, key=KEY)[0])
     for di in (0.2, 0.4, 0.6, 3.0):
         b = jnp.asarray([di * np.linalg.norm(diff) - 128 / 255 * diff.sum(), 0.0], jnp.float32)  # class 0 by d
         x_adv = attack(b)
@@ -190,7 +192,7 @@ def test_ddn_decides_by_the_mode_of_the_noisy_predictions():
     b = jnp.asarray([0.1 * np.linalg.norm(diff) - 128 / 255 * diff.sum(), 0.0], jnp.float32)
     w_hat = jnp.asarray((diff / np.linalg.norm(diff)).reshape((1,) + SHAPE), jnp.float32)
     attack = jax.jit(lambda n: attacks.smooth_ddn(linear_apply, {"w": v["w"], "b": b}, x, jnp.array([0]), n,
-                                                  epsilon=1.0, num_steps=5, init_norm=0.5))
+                                                  epsilon=1.0, num_steps=5, init_norm=0.5, key=KEY))
     majority_adversarial = jnp.stack([0.5 * w_hat, -0.5 * w_hat, -0.5 * w_hat])
     np.testing.assert_array_equal(attack(majority_adversarial), x)
     minority_adversarial = jnp.stack([-0.5 * w_hat, 0.5 * w_hat, 0.5 * w_hat])
@@ -212,11 +214,12 @@ def test_ddn_mode_decision_and_cosine_schedule_against_reference_formulas():
 def test_bad_arguments_raise_one_line_errors(kwargs, message):
     v = linear_variables(2)
     with pytest.raises(ValueError, match=message) as info:
-        attacks.smooth_pgd_l2(linear_apply, v, jnp.zeros((1,) + SHAPE), jnp.zeros(1, jnp.int32), None, **kwargs)
+        attacks.smooth_pgd_l2(linear_apply, v, jnp.zeros((1,) + SHAPE), jnp.zeros(1, jnp.int32), None, key=KEY,
+                              **kwargs)
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="noise has shape"):
         attacks.smooth_pgd_l2(linear_apply, v, jnp.zeros((1,) + SHAPE), jnp.zeros(1, jnp.int32),
-                              jnp.zeros((2, 3) + SHAPE), epsilon=0.1, num_steps=1)
+                              jnp.zeros((2, 3) + SHAPE), epsilon=0.1, num_steps=1, key=KEY)
 
 
 # -------------------------------------------------------------------------------------------- devices

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from smoothjax import certification, checkpointing, data, finetuning, self_training, smoothadv, training
+from smoothjax import certification, checkpointing, data, smoothadv, training
+from smoothjax.smoothadv import finetuning, self_training
 from smoothjax.models import get_model, make_apply_fn
 from smoothjax.train_loop import train_and_evaluate
 from test_attacks import numpy_pgd_step
@@ -106,17 +107,19 @@ def test_bad_settings_raise_one_line_errors(kwargs, message):
 
 def test_configs_cover_the_paper_grid():
     c = cifar10_smoothadv.get_config("sigma=0.12,attack=ddn,eps256=64,steps=10,m=8,multi=1,warmup=10")
-    assert (c.loss, c.attack, c.sigma, c.epsilon, c.num_steps, c.num_noise_vec) == ("smoothadv", "ddn", 0.12, 0.25,
+    s = c.smoothadv
+    assert (c.loss, s.attack, c.sigma, s.epsilon, s.num_steps, s.num_noise_vec) == ("smoothadv", "ddn", 0.12, 0.25,
                                                                                      10, 8)
-    assert c.train_multi_noise and c.batch_size == 256 // 8 and c.num_epochs == 150 and c.lr_step_epochs == 50
-    assert cifar10_smoothadv.get_config("eps=2.0").epsilon == 2.0 and cifar10_smoothadv.get_config().warmup == 10
+    assert s.train_multi_noise and c.batch_size == 256 // 8 and c.num_epochs == 150 and c.lr_step_epochs == 50
+    assert cifar10_smoothadv.get_config("eps=2.0").smoothadv.epsilon == 2.0
+    assert cifar10_smoothadv.get_config().smoothadv.warmup == 10
     assert c.normalization == "mean"  # SmoothAdv's InputCenterLayer
     ft = cifar10_smoothadv.get_config("finetune=/runs/in32")
     assert (ft.init_from, ft.learning_rate, ft.num_epochs) == ("/runs/in32", 0.001, 30.0)
     st = cifar10_smoothadv.get_config("teacher=/runs/t,weight=0.5,unlabelled=image_folder")
     assert (st.self_training_teacher, st.self_training_weight) == ("/runs/t", 0.5)
     im = imagenet_smoothadv.get_config("sigma=1.0,eps256=1024,steps=1")
-    assert (im.model, im.epsilon, im.batch_size) == ("resnet50", 4.0, 256)
+    assert (im.model, im.smoothadv.epsilon, im.batch_size) == ("resnet50", 4.0, 256)
     assert imagenet_smoothadv.get_config("pretrain32=1").num_classes == 1000
     for bad, message in [("eps=1,eps256=64", "exclusive"), ("foo=1", "'foo=1' is not allowed"),
                          ("steps=x", "needs a number")]:

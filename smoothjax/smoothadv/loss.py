@@ -1,4 +1,4 @@
-"""SmoothAdv training (Salman et al. 2019): train the base classifier on adversarial examples of its smoothed version.
+"""The SmoothAdv loss (Salman et al. 2019): train the base classifier on adversarial examples of its smoothed version.
 
 ``smoothadv_loss(model, ...)`` returns a loss function with the signature of ``smoothjax.training``::
 
@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from smoothjax.attacks import smooth_ddn, smooth_pgd_l2
 from smoothjax.models import make_apply_fn
 from smoothjax.noise import check_sigma, gaussian_noise
+from smoothjax.smoothadv.attacks import smooth_ddn, smooth_pgd_l2
 from smoothjax.training import apply_train_mode
 
 ATTACKS = ("none", "pgd", "ddn")
@@ -121,12 +121,8 @@ def smoothadv_loss(model: nn.Module, *, sigma: float, attack: str = "pgd", epsil
 
 
 def loss_from_config(model: nn.Module, config) -> Callable:
-    """``smoothadv_loss`` with the settings of a training config (``sigma``, ``attack``, ``epsilon``, ``num_steps``,
-    ``num_noise_vec``, ``train_multi_noise``, ``no_grad_attack``, ``warmup``, ``ddn_gamma``); the factory registered
-    as ``config.loss = 'smoothadv'`` in ``smoothjax.train_loop.LOSSES``."""
-    return smoothadv_loss(model, sigma=config.sigma, attack=config.get("attack", "pgd"),
-                          epsilon=config.get("epsilon", 0.25), num_steps=config.get("num_steps", 1),
-                          num_noise_vec=config.get("num_noise_vec", 1),
-                          train_multi_noise=bool(config.get("train_multi_noise", False)),
-                          no_grad_attack=bool(config.get("no_grad_attack", False)), warmup=config.get("warmup", 1),
-                          ddn_gamma=config.get("ddn_gamma", 0.05))
+    """``smoothadv_loss`` with ``config.sigma`` and the settings of ``config.smoothadv`` (``attack``, ``epsilon``,
+    ``num_steps``, ``num_noise_vec``, ``train_multi_noise``, ``no_grad_attack``, ``warmup``, ``ddn_gamma``; their
+    defaults are written once, in ``configs/common.py``); the factory registered as ``config.loss = 'smoothadv'`` in
+    ``smoothjax.jobs.train.LOSSES``."""
+    return smoothadv_loss(model, sigma=config.sigma, **config.smoothadv)
