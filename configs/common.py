@@ -31,6 +31,17 @@ def base_config() -> ml_collections.ConfigDict:
         "no_grad_attack": False,  # PGD with the gradient-free estimate (m >= 2)
         "warmup": 1,  # epochs of linear epsilon warm-up
         "ddn_gamma": 0.05})
+    # SIAM (loss='siam', Nemcovsky et al.): L-inf PGD / EPGD adversarial training of a stochastic model; eval_* is the
+    # smoothed classifier the training loop evaluates (and keep_best_by selects on) when the model is stochastic.
+    c.siam = ml_collections.ConfigDict({
+        "attack": "pgd",  # none | pgd
+        "epsilon": 8 / 255,  # L-inf budget in pixel units
+        "num_steps": 7,
+        "step_size": 0.0,  # 0 = epsilon / 4
+        "m_train": 1,  # stochastic passes per attack step: 1 = PGD, 8 = the paper's EPGD
+        "adv_weight": 0.5,  # loss = adv_weight * CE(x_adv) + (1 - adv_weight) * CE(x)
+        "pass_loop": "auto",  # auto | vmap | scan: how EPGD's passes run
+        "eval_num_samples": 8, "eval_mode": "vote"})
     # Fine-tuning: a trained run's workdir to start from (new classifier head when the class count differs).
     c.init_from = ""
     # Self-training: a teacher run's workdir pseudo-labels self_training_dataset; its batches alternate with

@@ -51,10 +51,7 @@ def siam_config(dataset: str, arg: str, std=REFERENCE_STD) -> ml_collections.Con
     c.augment = "cifar"
     c.sigma = 0.0  # the loop's "noisy accuracy" adds no extra noise: the model carries its own
     c.loss = "siam"
-    c.siam = ml_collections.ConfigDict({
-        "attack": "pgd", "epsilon": 8 / 255, "num_steps": 7, "step_size": 0.0,  # 0 = epsilon / 4
-        "m_train": 8 if opts.get("attack") == "epgd" else 1, "adv_weight": 0.5,
-        "eval_num_samples": 8, "eval_mode": "vote"})
+    c.siam.m_train = 8 if opts.get("attack") == "epgd" else 1  # the rest of config.siam: configs/common.py
     c.batch_size = 256
     c.num_epochs = 400.0
     c.learning_rate = 0.1

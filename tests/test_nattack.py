@@ -1,11 +1,13 @@
 """NAttack on an undefended linear classifier: it breaks the points whose closed-form L-inf margin is below epsilon
 within its query budget, cannot break the ones whose margin is above, and never leaves the box or [0, 1]."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from smoothjax.nattack import candidates, margin_loss, nattack
+from smoothjax.siam.nattack import candidates, margin_loss, nattack
 
 W = np.array([[1.0, -1.0], [-0.5, 0.5], [2.0, -2.0], [0.25, -0.25]], np.float32)  # 4 pixels -> 2 classes
 
@@ -39,6 +41,28 @@ def test_breaks_easy_points_only_and_stays_in_the_box():
     np.testing.assert_array_equal(broken, np.array(easy))  # the returned examples really fool the classifier
     assert np.all(out["queries"][np.array(easy)] <= 200 * 101 + 1)
     assert np.all(out["queries"][~np.array(easy)] == 1 + out["iterations"] * 101)
+
+
+def _linear_score(images, w):
+    return jax.nn.softmax(images.reshape(images.shape[0], -1) @ w, -1)
+
+
+# NAttack traces its score function twice per (function, settings, shapes): the first prediction and the step.
+_TRACED_TWICE = chex.assert_max_traces(_linear_score, n=2)
+
+
+def test_new_batches_reuse_the_compiled_step():
+    """Batches of the same shape, new weights and labels: no retrace (chex counts the traces of the score function);
+    a new batch shape is a new program, which chex reports."""
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        x = rng.uniform(0.2, 0.8, (4, 2, 2, 1)).astype(np.float32)
+        w = jnp.asarray(rng.normal(size=(4, 2)).astype(np.float32))
+        nattack(_TRACED_TWICE, x, rng.integers(0, 2, 4).astype(np.int32), jax.random.key(5), epsilon=0.05,
+                population=8, max_iterations=3, score_args=(w,))
+    with pytest.raises(AssertionError, match="traced > 2 times"):
+        nattack(_TRACED_TWICE, np.full((6, 2, 2, 1), 0.5, np.float32), np.zeros(6, np.int32), jax.random.key(5),
+                epsilon=0.05, population=8, max_iterations=3, score_args=(w,))
 
 
 def test_candidates_never_leave_the_box():

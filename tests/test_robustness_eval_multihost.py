@@ -123,7 +123,7 @@ def _run_worker(root, out, coordinator="", num_processes="-1", process_id="-1") 
     from test_nattack import _devices_problem, _noisy_linear_score
 
     from smoothjax import parallel, robustness_eval
-    from smoothjax.nattack import nattack
+    from smoothjax.siam.nattack import nattack
 
     parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
     w, x, y = _devices_problem()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax.linf_attacks import expectation_gradient, pgd_linf, project_linf
+from smoothjax.siam.linf_attacks import expectation_gradient, pgd_linf, project_linf
 from smoothjax.models import get_model, make_stochastic_apply_fn
 
 

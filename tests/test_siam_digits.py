@@ -1,5 +1,5 @@
 """SIAM end to end on digits: a short L-inf adversarial training run (smoothjax.siam) against plain training of the
-same stochastic ResNet-8, evaluated by smoothjax.robustness_eval under white-box PGD-7 on the single-pass objective
+same stochastic ResNet-8, evaluated by smoothjax.siam.evaluation under white-box PGD-7 on the single-pass objective
 (one noisy pass per step, the reference's run_attack.py), transferred to the smoothed predictor (the paper's
 setting).
 
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import data, robustness_eval, siam, training
+from smoothjax import data, siam, training
+from smoothjax.siam import evaluation
 from smoothjax.models import get_model
 
 NOISE_SD, EPSILON, STEPS, BATCH, M = 0.3, 0.15, 150, 64, 16
@@ -51,12 +52,12 @@ def test_adversarial_training_and_smoothing_beat_their_baselines(digits):
     (x_train, y_train), (x_test, y_test) = digits
     model = get_model("cifar_resnet8_gauss", 10, dataset="digits", noise_sd=NOISE_SD)
     # One set of jitted evaluation functions for both models (variables are arguments): compiled once.
-    programs = robustness_eval.Programs(model, mode="vote", epsilon=EPSILON, pgd_steps=7, eot_passes=1,
+    programs = evaluation.Programs(model, mode="vote", epsilon=EPSILON, pgd_steps=7, eot_passes=1,
                                         source=None, chunk_size=None)
     acc = {}
     for attack in ("none", "pgd"):
         variables = _train(model, attack, x_train, y_train)
-        rows = robustness_eval.evaluate_grid(model, variables, x_test, y_test, noise_sds=[NOISE_SD], m_tests=[1, M],
+        rows = evaluation.evaluate_grid(model, variables, x_test, y_test, noise_sds=[NOISE_SD], m_tests=[1, M],
                                              mode="vote", attacks=["clean", "pgd"], key=jax.random.key(5),
                                              epsilon=EPSILON, batch_size=len(y_test), programs=programs)
         acc[attack] = {r["m_test"]: r for r in rows}

@@ -11,9 +11,9 @@ import pytest
 
 from smoothjax import training
 from smoothjax.best_checkpoint import BestCheckpoint
-from smoothjax.linf_attacks import pgd_linf
+from smoothjax.siam.linf_attacks import pgd_linf
 from smoothjax.models import get_model, make_stochastic_apply_fn
-from smoothjax.siam import adversarial_training_loss
+from smoothjax.siam.loss import adversarial_training_loss
 
 
 def _ce(logits, y):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import smoothing
+from smoothjax.siam import inference as smoothing
 
 
 def _numpy_scores(logits: np.ndarray, mode: str) -> np.ndarray:

@@ -10,7 +10,7 @@ the gradient of the mean cross-entropy, which equals the mean of the per-pass gr
 Images (B, H, W, C) in [0, 1]; ``epsilon`` is in pixel units (the reference's eps is already in pixel units: it
 divides by the normalisation std before stepping in normalised space, so both step in the same box). Results
 satisfy ``|x_adv - x| <= epsilon`` elementwise and ``0 <= x_adv <= 1``. The step loop is unrolled in Python
-(gradients inside ``lax`` loops are slow on XLA:CPU, README "Performance on CPU").
+(gradients inside ``lax`` loops are slow on XLA:CPU, docs/performance.md).
 """
 
 from __future__ import annotations

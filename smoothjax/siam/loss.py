@@ -1,4 +1,4 @@
-"""SIAM adversarial training (Nemcovsky et al.): L-inf PGD / EPGD examples of the stochastic model, mixed loss.
+"""SIAM's adversarial-training loss (Nemcovsky et al.): L-inf PGD / EPGD examples of the stochastic model, mixed loss.
 
 ``adversarial_training_loss(model, ...)`` returns a loss function with the signature of ``smoothjax.training``::
 
@@ -25,10 +25,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smoothjax.linf_attacks import pgd_linf, resolve_pass_loop
 from smoothjax.models import is_stochastic, make_apply_fn, make_stochastic_apply_fn
 from smoothjax.models.noise_layers import NOISE_RNG
-from smoothjax.smoothing import check_mode, smoothed_apply_fn
+from smoothjax.noise import SMOOTHED_EVAL_SEED_OFFSET
+from smoothjax.siam.inference import check_mode, smoothed_apply_fn
+from smoothjax.siam.linf_attacks import pgd_linf, resolve_pass_loop
 from smoothjax.training import apply_train_mode, cross_entropy
 
 ATTACKS = ("none", "pgd")
@@ -89,24 +90,23 @@ def adversarial_training_loss(model: nn.Module, *, attack: str = "pgd", epsilon:
     return loss_fn
 
 
+_LOSS_FIELDS = ("attack", "epsilon", "num_steps", "step_size", "m_train", "adv_weight", "pass_loop")
+
+
 def loss_from_config(model: nn.Module, config) -> Callable:
-    """``adversarial_training_loss`` from ``config.siam`` (see the module docstring for the fields)."""
-    s = config.get("siam") or {}
-    return adversarial_training_loss(model, attack=s.get("attack", "pgd"), epsilon=s.get("epsilon", 8 / 255),
-                                     num_steps=s.get("num_steps", 7), step_size=s.get("step_size", 0.0),
-                                     m_train=s.get("m_train", 1), adv_weight=s.get("adv_weight", 0.5),
-                                     pass_loop=s.get("pass_loop", "auto"))
+    """``adversarial_training_loss`` from ``config.siam`` (fields in the module docstring; their defaults are written
+    once, in ``configs/common.py``); the factory registered as ``config.loss = 'siam'`` in
+    ``smoothjax.jobs.train.LOSSES``."""
+    return adversarial_training_loss(model, **{k: config.siam[k] for k in _LOSS_FIELDS})
 
 
 def eval_apply_fn(model: nn.Module, config) -> Callable:
     """The classifier the training loop evaluates: ``make_apply_fn(model)`` for deterministic models; for
-    stochastic ones the smoothed classifier (``config.siam.eval_mode``, default ``vote``, with
-    ``eval_num_samples`` passes, default 8) with a fixed key, as ``f(variables, images) -> (B, K) scores`` —
+    stochastic ones the smoothed classifier (``config.siam.eval_mode`` with ``eval_num_samples`` passes) with the
+    fixed key ``key(config.seed + noise.SMOOTHED_EVAL_SEED_OFFSET)``, as ``f(variables, images) -> (B, K) scores`` —
     so the loop's clean accuracy is the smoothed clean accuracy that ``keep_best_by`` selects on."""
     if not is_stochastic(model):
         return make_apply_fn(model)
-    s = config.get("siam") or {}
-    mode = check_mode(s.get("eval_mode", "vote"))
-    num = s.get("eval_num_samples", 8)
-    return smoothed_apply_fn(make_stochastic_apply_fn(model), num_samples=num, mode=mode,
-                             key=jax.random.key(config.get("seed", 0) + 7919))
+    mode = check_mode(config.siam.eval_mode)
+    return smoothed_apply_fn(make_stochastic_apply_fn(model), num_samples=config.siam.eval_num_samples, mode=mode,
+                             key=jax.random.key(config.seed + SMOOTHED_EVAL_SEED_OFFSET))
