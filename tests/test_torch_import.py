@@ -20,7 +20,7 @@ from smoothjax import checkpointing, torch_import
 from smoothjax.torch_import import layouts
 from smoothjax.torch_import.__main__ import main as cli_main
 from smoothjax.torch_import.normalization import noise_floor_ratios
-from smoothjax.torch_pickle import UnsafeCheckpointError, load_checkpoint
+from smoothjax.torch_import.unpickler import UnsafeCheckpointError, load_checkpoint
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch"
 IMPORTABLE = sorted(p.name[: -len(".pth.tar")] for p in FIXTURES.glob("*.pth.tar") if "cpni" not in p.name)

@@ -1,7 +1,7 @@
 """Writes the PyTorch checkpoint fixtures of tests/test_torch_import.py (a developer tool; needs PyTorch).
 
   pip install torch==2.13.0   # CPU build; optional, never a dependency of smoothjax or of its tests
-  python tools/make_torch_fixtures.py [--out tests/fixtures/torch]
+  python tools/make_torch_fixtures.py [--out=tests/fixtures/torch]
 
 Each fixture is a small, randomly initialised network saved the way the published code saves it, next to an
 ``.npz`` holding fixed input images (``pixels``: NHWC uint8, the model sees ``pixels / 255``) and PyTorch's
@@ -24,7 +24,6 @@ given PyTorch version (the files' bytes are not: torch.save embeds a serialisati
 addresses as storage keys); total size under 5 MB.
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -32,6 +31,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from absl import app, flags
+
+_OUT = flags.DEFINE_string("out", str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"),
+                           "folder to write the fixtures to")
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -257,10 +260,10 @@ FIXTURES = [
 ]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"))
-    out = Path(parser.parse_args().out)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     total = 0
@@ -287,4 +290,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -3,7 +3,7 @@
   model, variables = smoothjax.torch_import.load("models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar")
   python -m smoothjax.torch_import IN.pth.tar --workdir runs/NAME [--arch ...] [--sigma ...]
 
-The file is read without PyTorch and without running its pickle (``smoothjax.torch_pickle``); the network is
+The file is read without PyTorch and without running its pickle (``unpickler``); the network is
 recognised from its keys (``layouts``), its input normalisation read from the checkpoint or inferred from its
 first layer (``normalization``), and every tensor is checked against the smoothjax model before the variables are
 returned. The result's logits equal PyTorch's (same images in [0, 1], NHWC instead of NCHW) to float32 rounding.
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smoothjax.torch_import import layouts, normalization as norm
-from smoothjax.torch_pickle import UnsafeCheckpointError, load_checkpoint
+from smoothjax.torch_import.unpickler import UnsafeCheckpointError, load_checkpoint
 
 
 @dataclass
