@@ -76,7 +76,7 @@ def main(argv):
     log = analysis.read_log(path)
     if log.is_certification:
         radii = analysis.default_radii([log])
-        sigma = path.stem.rsplit("_", 1)[-1]
+        sigma = analysis.format_sigma(analysis.read_settings(path)["sigma"])  # the sidecar, never the name
         print(analysis.markdown_table([log], [f"&sigma; = {sigma}"], radii, acr=True))
         print(f"{len(log)} images; certified accuracy at radius 0: {analysis.certified_accuracy(log, [0.0])[0]:.3f}, "
               f"average certified radius (ACR): {analysis.average_certified_radius(log):.3f}")

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from smoothjax import certification, certify_modes, checkpointing, data, empirical_robustness, parallel
+from smoothjax import analysis, certification, certify_modes, checkpointing, data, empirical_robustness, parallel
 from smoothjax.atomic_files import write_atomically
 from smoothjax.models import make_apply_fn
 from smoothjax.reporting import Reporter
@@ -41,15 +41,10 @@ from smoothjax.reporting import Reporter
 HEADERS = certify_modes.HEADERS  # certify, predict, sequential (+ samples column)
 
 
-def format_sigma(sigma: float) -> str:
-    """The sigma part of a log name: two decimals like the reference (``0.25``, ``1.00``), else ``repr``."""
-    return f"{sigma:.2f}" if round(sigma, 2) == sigma else repr(sigma)
-
-
 def log_path(workdir, mode: str, sigma: float, variants=()) -> Path:
     """``<workdir>/certify/<mode>[_<variant>...]_sigma_<sigma>.tsv``, the log ``certify_workdir`` writes; variants
     (``certify_modes.log_variants``: ``sound``, ``randomized``) keep such runs apart from the plain ones."""
-    return Path(workdir) / "certify" / f"{'_'.join((mode, *variants))}_sigma_{format_sigma(sigma)}.tsv"
+    return Path(workdir) / "certify" / analysis.log_name(mode, sigma, variants)
 
 
 def _validate(cc, sigma: float) -> None:
@@ -133,16 +128,10 @@ def _check_settings(path: Path, settings: dict) -> bool:
 
     Returns True when the sidecar is of the older kind that recorded a data path instead of a data fingerprint
     (everything else equal): its rows are continued and the caller may upgrade the sidecar."""
-    meta = _sidecar(path)
-    if not meta.exists():
-        raise ValueError(f"{path} exists but {meta.name} (its settings) does not, so it may come from another run "
-                         "or code; move it away or choose another workdir")
-    try:
-        old = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{meta} is unreadable ({type(e).__name__}); move {path.name} and it away") from None
-    if not isinstance(old, dict):
-        raise ValueError(f"{meta} is not a settings file; move {path.name} and it away")
+    old = analysis.read_settings(path)
+    if old is None:
+        raise ValueError(f"{path} exists but {_sidecar(path).name} (its settings) does not, so it may come from "
+                         "another run or code; move it away or choose another workdir")
     legacy = _LEGACY_DATA_KEY in old and _DATA_KEY not in old
     ignored = {_LEGACY_DATA_KEY, _DATA_KEY} if legacy else set()
     diff = [f"{k}={old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings), key=str)

@@ -20,17 +20,14 @@ not recorded, so logs written before these options existed are still continued.
 
 from __future__ import annotations
 
-import datetime
-
 import numpy as np
 
 from smoothjax.certification import sound_noise
-from smoothjax.analysis import parse_radii
+from smoothjax.analysis import COLUMNS, format_row, header, parse_radii
 from smoothjax.certification.sequential import FUTILITY_LEVEL, FUTILITY_RULES, check_futility, check_radii
 from smoothjax.certification.sequential import METHODS as SEQUENTIAL_METHODS
 
-HEADERS = {"certify": "idx\tlabel\tpredict\tradius\tcorrect\ttime", "predict": "idx\tlabel\tpredict\tcorrect\ttime",
-           "sequential": "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples"}
+HEADERS = {kind: header(kind) for kind in COLUMNS}
 DEFAULT_GRID_STEP = 0.25  # radii='' means 0, 0.25, 0.5, ... up to 3 sigma (pixel units)
 
 
@@ -150,10 +147,4 @@ def prepare_images(images, sound: bool):
     return rounded, float(np.max(np.abs(rounded.astype(np.float64) - images), initial=0.0))
 
 
-def format_row(mode: str, idx: int, label: int, prediction: int, radius: float, samples, seconds: float) -> str:
-    """One log line (with newline) in the column order of ``HEADERS[mode]``; ``radius`` as the reference's ``{:.3}``,
-    ``time`` as ``str(timedelta)``, ``samples`` (sequential mode only) as an integer."""
-    fields = [idx, label, prediction] + ([f"{float(radius):.3}"] if mode != "predict" else [])
-    fields += [int(prediction == label), str(datetime.timedelta(seconds=seconds))]
-    fields += [int(samples)] if mode == "sequential" else []
-    return "\t".join(map(str, fields)) + "\n"
+__all__ = ['format_row']

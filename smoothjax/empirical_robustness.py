@@ -13,7 +13,7 @@ from typing import Callable
 import jax
 
 from smoothjax.smoothadv import attacks
-from smoothjax.analysis.empirical import attack_name
+from smoothjax.analysis.logs import attack_name
 
 ATTACKS = ("none", "pgd", "ddn")
 _ATTACK_STREAM = 0x5AD  # fold_in constant: the attack's randomness, independent of PREDICT's draws

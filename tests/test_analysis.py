@@ -326,7 +326,8 @@ def test_cli_reproduces_reference_markdown():
     _need_cohen()
     sigmas = ["0.25", "0.50", "1.00"]
     logs = [COHEN / f"data/certify/imagenet/resnet50/noise_{s}/test/sigma_{s}" for s in sigmas]
-    result = run_cli(*logs, "--radii", "0.5:3.0:0.5", "--no-acr", "--labels", *[f"&sigma; = {s}" for s in sigmas])
+    labels = ",".join(f"&sigma; = {s}" for s in sigmas)
+    result = run_cli(*logs, "--radii", "0.5:3.0:0.5", "--no-acr", f"--labels={labels}")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (COHEN / "analysis/markdown/vary_noise_imagenet").read_text()
 
@@ -335,7 +336,7 @@ def test_cli_certification_and_prediction_logs(tmp_path):
     cert = write(tmp_path, "cert.tsv", HEADER + "\n".join(CERT_ROWS) + "\n")
     pred = write(tmp_path, "pred.tsv", "idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0:00:01\n"
                  "1\t1\t-1\t0\t0:00:03\n2\t1\t2\t0\t2\n3\t5\t5\t1\t2\n")
-    result = run_cli(cert, pred, "--radii", "0,0.5,1", "--labels", "C", "P")
+    result = run_cli(cert, pred, "--radii", "0,0.5,1", "--labels=C,P")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "|  | r = 0.0 |r = 0.5 |r = 1.0 |ACR |",
@@ -367,7 +368,7 @@ def test_cli_bad_input(tmp_path, case):
         "missing": ((tmp_path / "nope.tsv",), "nope.tsv"),
         "radii": ((cert, "--radii", "0,x"), "radii '0,x'"),
         "range": ((cert, "--radii", "2:1:0.5"), "radii '2:1:0.5'"),
-        "labels": ((cert, "--labels", "a", "b"), "one label per LOG"),
+        "labels": ((cert, "--labels=a,b"), "one label per LOG"),
         "malformed": ((bad,), "3 fields, header has 6"),
         "plot_pred": ((pred, "--plot", tmp_path / "p.png"), "--plot needs"),
         "no_log": ((), "LOG"),

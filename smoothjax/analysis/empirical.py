@@ -1,7 +1,8 @@
 """Empirical robust accuracy of attacked PREDICT logs, per attack radius, next to the certified accuracy.
 
 ``certify.py`` in predict mode with ``certify.attack`` set attacks every image first and writes
-``predict_<attack name>_sigma_<sigma>.tsv``; ``attack_name`` builds that name and ``parse_attack`` reads it back.
+``predict_<attack name>_sigma_<sigma>.tsv``; ``logs.attack_name`` builds that name and ``logs.parse_attack`` reads it
+back.
 The empirical robust accuracy at radius epsilon is the fraction of images that the smoothed classifier (PREDICT,
 abstentions wrong) still classifies correctly after the attack of budget epsilon: an *upper* bound on the true
 robust accuracy, only as tight as the attack is strong. The certified accuracy at the same radius is a *lower*
@@ -10,44 +11,12 @@ bound (up to alpha), so the true robust accuracy lies between the two rows of ``
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from smoothjax.analysis.logs import parse_attack
 from smoothjax.analysis.metrics import certified_accuracy, prediction_summary
-
-_NAME = re.compile(r"(?:^|_)(pgd|ddn)_eps_([0-9.]+(?:e-?[0-9]+)?)_steps_(\d+)_m_(\d+)(_nograd)?(_base)?(?=_sigma_|$)")
-_SIGMA = re.compile(r"_sigma_([0-9.]+(?:e-?[0-9]+)?)$")
-
-
-def attack_name(attack: str, epsilon: float, num_steps: int, num_noise_vec: int, no_grad: bool = False,
-                base_attack: bool = False) -> str:
-    """``<attack>_eps_<epsilon>_steps_<T>_m_<m>[_nograd][_base]`` (epsilon in pixel L2 units, ``repr`` of the float),
-    or ``""`` for ``attack='none'``."""
-    if attack == "none":
-        return ""
-    return (f"{attack}_eps_{float(epsilon)!r}_steps_{int(num_steps)}_m_{int(num_noise_vec)}"
-            + ("_nograd" if no_grad else "") + ("_base" if base_attack else ""))
-
-
-def parse_attack(path) -> dict | None:
-    """The attack settings encoded in a log's file name (``attack``, ``epsilon``, ``num_steps``, ``num_noise_vec``,
-    ``no_grad``, ``base_attack``), or None when the name carries no attack."""
-    match = _NAME.search(Path(str(path)).stem)
-    if match is None:
-        return None
-    attack, eps, steps, m, no_grad, base = match.groups()
-    return {"attack": attack, "epsilon": float(eps), "num_steps": int(steps), "num_noise_vec": int(m),
-            "no_grad": bool(no_grad), "base_attack": bool(base)}
-
-
-def parse_sigma(path) -> float | None:
-    """The noise level ``sigma`` at the end of a log's file name (``..._sigma_0.25.tsv``), or None."""
-    match = _SIGMA.search(Path(str(path)).stem)
-    return float(match.group(1)) if match else None
-
 
 def _attack_label(settings: dict) -> str:
     label = f"{settings['attack'].upper()} T={settings['num_steps']} m={settings['num_noise_vec']}"

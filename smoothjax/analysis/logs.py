@@ -1,24 +1,123 @@
-"""Reading certification and prediction logs (Cohen et al. 2019 TSV format) into ``EvalLog``.
+"""The log format of certify.py, defined once: file names, headers, rows, the settings sidecar, and reading.
 
-A *certification log* is a tab-separated file with header ``idx label predict radius correct time``;
-a *prediction log* has ``idx label predict correct time``. ``predict == -1`` means the smoothed
-classifier abstained. ``time`` is seconds (``15.4``) or a ``str(datetime.timedelta)``
-(``0:00:01.737771``, ``1 day, 2:03:04.5``). Extra columns (anywhere, e.g. the ``samples`` column of
-sequential certification) are kept in ``EvalLog.extra``.
+A *certification log* is a tab-separated file with header ``idx label predict radius correct time`` (Cohen et al.
+2019's format, so their analysis reads our logs and ours reads theirs); a *prediction log* has ``idx label predict
+correct time``; a *sequential* log adds ``samples`` (forward passes spent on the image). ``predict == -1`` means the
+smoothed classifier abstained. ``time`` is seconds (``15.4``) or a ``str(datetime.timedelta)`` (``0:00:01.737771``,
+``1 day, 2:03:04.5``). Extra columns (anywhere) are kept in ``EvalLog.extra``.
+
+Names: ``<kind>[_<part>...]_sigma_<sigma>.tsv`` (``log_name``), e.g. ``certify_sigma_0.25.tsv``,
+``certify_sound_sigma_0.25.tsv`` or ``predict_pgd_eps_0.5_steps_20_m_8_sigma_0.25.tsv`` (``attack_name``). Each log
+made by certify.py has a sidecar ``<log>.json`` (``settings_path``) with every setting that changed its rows, sigma
+included: report sigma from there (``log_sigma``), the name is for people. The writer lives in
+``smoothjax.jobs.certify_log``; ``COLUMNS`` and ``REQUIRED`` are what a validator of logs checks against.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
+COLUMNS = {  # the columns certify.py writes, per kind of log, in order
+    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+    "predict": ("idx", "label", "predict", "correct", "time"),
+    "sequential": ("idx", "label", "predict", "radius", "correct", "time", "samples"),
+}
+REQUIRED = ("idx", "label", "predict", "correct", "time")  # what any log must have to be read (+ radius: certified)
 _INT_COLUMNS = ("idx", "label", "predict")
-_REQUIRED = ("idx", "label", "predict", "correct", "time")
 _TIMEDELTA = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
+_ATTACK = re.compile(r"(?:^|_)(pgd|ddn)_eps_([0-9.]+(?:e-?[0-9]+)?)_steps_(\d+)_m_(\d+)(_nograd)?(_base)?(?=_sigma_|$)")
+_SIGMA = re.compile(r"_sigma_([0-9.]+(?:e-?[0-9]+)?)$")
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+def header(kind: str) -> str:
+    """The header line (no newline) of a log of ``kind`` (``certify``, ``predict`` or ``sequential``)."""
+    return "\t".join(COLUMNS[kind])
+
+
+def format_row(kind: str, idx: int, label: int, prediction: int, radius: float, samples, seconds: float) -> str:
+    """One row (with newline) in the column order of ``COLUMNS[kind]``: ``radius`` as the reference's ``{:.3}``
+    (certify and sequential logs), ``correct`` = ``prediction == label``, ``time`` as ``str(timedelta)``, ``samples``
+    (sequential logs) as an integer."""
+    fields = [idx, label, prediction] + ([f"{float(radius):.3}"] if "radius" in COLUMNS[kind] else [])
+    fields += [int(prediction == label), str(datetime.timedelta(seconds=seconds))]
+    fields += [int(samples)] if "samples" in COLUMNS[kind] else []
+    return "\t".join(map(str, fields)) + "\n"
+
+
+def format_sigma(sigma: float) -> str:
+    """The sigma part of a log name: two decimals like the reference (``0.25``, ``1.00``), else ``repr``."""
+    return f"{sigma:.2f}" if round(sigma, 2) == sigma else repr(sigma)
+
+
+def log_name(kind: str, sigma: float, parts=()) -> str:
+    """``<kind>[_<part>...]_sigma_<sigma>.tsv``; parts (e.g. ``sound``, an ``attack_name``, a tag) keep logs made with
+    other settings apart."""
+    return f"{'_'.join((kind, *parts))}_sigma_{format_sigma(sigma)}.tsv"
+
+
+def attack_name(attack: str, epsilon: float, num_steps: int, num_noise_vec: int, no_grad: bool = False,
+                base_attack: bool = False) -> str:
+    """``<attack>_eps_<epsilon>_steps_<T>_m_<m>[_nograd][_base]`` (epsilon in pixel L2 units, ``repr`` of the float),
+    or ``""`` for ``attack='none'``: the name part of an attacked prediction log."""
+    if attack == "none":
+        return ""
+    return (f"{attack}_eps_{float(epsilon)!r}_steps_{int(num_steps)}_m_{int(num_noise_vec)}"
+            + ("_nograd" if no_grad else "") + ("_base" if base_attack else ""))
+
+
+def settings_path(path) -> Path:
+    """The settings sidecar of the log at ``path``: ``<log>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def parse_attack(path) -> dict | None:
+    """The attack settings encoded in a log's file name (``attack``, ``epsilon``, ``num_steps``, ``num_noise_vec``,
+    ``no_grad``, ``base_attack``), or None when the name carries no attack."""
+    match = _ATTACK.search(Path(str(path)).stem)
+    if match is None:
+        return None
+    attack, eps, steps, m, no_grad, base = match.groups()
+    return {"attack": attack, "epsilon": float(eps), "num_steps": int(steps), "num_noise_vec": int(m),
+            "no_grad": bool(no_grad), "base_attack": bool(base)}
+
+
+def parse_sigma(path) -> float | None:
+    """The noise level ``sigma`` at the end of a log's file name (``..._sigma_0.25.tsv``), or None."""
+    match = _SIGMA.search(Path(str(path)).stem)
+    return float(match.group(1)) if match else None
+
+
+def read_settings(path) -> dict | None:
+    """The settings sidecar of the log at ``path`` as a dict, or None when there is none (e.g. a reference log).
+    Raises a one-line ValueError when it exists but is not a JSON object."""
+    meta = settings_path(path)
+    if not meta.exists():
+        return None
+    try:
+        settings = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta} is unreadable ({type(e).__name__}); move it and its log away") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{meta} is not a settings file; move it and its log away")
+    return settings
+
+
+def log_sigma(path) -> float | None:
+    """The sigma a log was made with: its sidecar's ``sigma`` when it has one, else the one in its name, else None."""
+    settings = read_settings(path)
+    if settings is not None and "sigma" in settings:
+        return float(settings["sigma"])
+    return parse_sigma(path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,10 +219,10 @@ def read_log(path) -> EvalLog:
     if not lines:
         raise ValueError(f"{path}: empty file; expected a tab-separated header 'idx label predict ...'")
     header = [h.strip() for h in lines[0][1].split("\t")]
-    missing = [c for c in _REQUIRED if c not in header]
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ValueError(f"{path}: header {lines[0][1]!r} lacks column(s) {', '.join(missing)}; "
-                         f"required (tab-separated): {', '.join(_REQUIRED)} (+ radius for certification)")
+                         f"required (tab-separated): {', '.join(REQUIRED)} (+ radius for certification)")
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: header {lines[0][1]!r} has duplicate column names")
     rows = lines[1:]
@@ -139,7 +238,7 @@ def read_log(path) -> EvalLog:
     first = [n for n, _ in rows]  # file line number of each data row
     parsed = {name: _column(path, name, columns[name], first, "int") for name in _INT_COLUMNS}
     radius = _column(path, "radius", columns["radius"], first, "float") if "radius" in columns else None
-    known = set(_REQUIRED) | {"radius"}
+    known = set(REQUIRED) | {"radius"}
     return EvalLog(
         path=path, radius=radius, **parsed,
         correct=_column(path, "correct", columns["correct"], first, "bool"),

@@ -1,4 +1,9 @@
-"""Certified accuracy, average certified radius and prediction summaries of parsed logs (``EvalLog``)."""
+"""Certified accuracy, average certified radius, prediction summaries and samples per image of parsed logs.
+
+Every function takes ``EvalLog``s (``logs.read_log``). ``samples_summary`` reads the ``samples`` column of sequential
+certification logs (forward passes per image, selection ``n0`` included): CERTIFY spends ``n0 + n`` on every image,
+so the summary says how much the sequential test saved.
+"""
 
 from __future__ import annotations
 
@@ -77,3 +82,29 @@ def prediction_summary(log: EvalLog) -> PredictionSummary:
     return PredictionSummary(n=len(log), accuracy=float(np.mean(_certified_correct(log))),
                              abstention_rate=float(np.mean(log.predict == -1)),
                              mean_time=float(np.mean(log.time)))
+
+
+class SamplesSummary(NamedTuple):
+    """Forward passes per image over the ``n`` rows of a log: ``mean``, ``median``, ``min``, ``max``, ``total``."""
+
+    n: int
+    mean: float
+    median: float
+    min: int
+    max: int
+    total: int
+
+
+def samples_summary(log) -> SamplesSummary | None:
+    """Summary of ``log.extra['samples']`` (an ``analysis.EvalLog``), or None when the log has no such column.
+
+    Raises a one-line ValueError naming the log when the column holds anything but integers >= 0.
+    """
+    s = log.extra.get("samples")
+    if s is None:
+        return None
+    s = np.asarray(s)
+    if s.size == 0 or not np.issubdtype(s.dtype, np.integer) or np.any(s < 0):
+        raise ValueError(f"{log.path}: column 'samples' must hold integers >= 0 (forward passes per image)")
+    return SamplesSummary(n=int(s.size), mean=float(np.mean(s)), median=float(np.median(s)), min=int(np.min(s)),
+                          max=int(np.max(s)), total=int(np.sum(s)))

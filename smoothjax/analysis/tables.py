@@ -1,5 +1,5 @@
-"""Certified-accuracy tables and plots. The markdown / LaTeX tables reproduce, byte for byte, the layout of the
-reference ``analysis/{markdown,latex}/vary_noise_*`` files of locuslab/smoothing."""
+"""Certified-accuracy tables and plots, and one-line summaries. The markdown / LaTeX tables reproduce, byte for byte,
+the layout of the reference ``analysis/{markdown,latex}/vary_noise_*`` files of locuslab/smoothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from smoothjax.analysis.logs import EvalLog
-from smoothjax.analysis.metrics import _as_radii, _certified_correct, average_certified_radius, \
+from smoothjax.analysis.metrics import SamplesSummary, _as_radii, _certified_correct, average_certified_radius, \
     certified_accuracy, certified_accuracy_matrix
 
 
@@ -116,3 +116,10 @@ def plot_certified_accuracy(logs_with_labels, path, radii=None) -> None:
     ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(str(path), format="png")
+
+
+def format_samples_summary(summary: SamplesSummary, label: str = "") -> str:
+    """One line: ``[label: ]samples per image: mean M, median D (min a, max b; total T over n images)``."""
+    prefix = f"{label}: " if label else ""
+    return (f"{prefix}samples per image: mean {summary.mean:.1f}, median {summary.median:.1f} (min {summary.min}, "
+            f"max {summary.max}; total {summary.total} over {summary.n} images)")
