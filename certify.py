@@ -20,7 +20,8 @@ Sequential certification (anytime-valid; stops once the radius grid is settled, 
 ``--config.certify.sound=True`` (certify, predict, sequential) uses exact 1/255-grid noise: inputs not on that grid
 (the digits are k/16) are rounded to it first, and the certificate is for the rounded image.
 ``--config.certify.randomized_cp=True`` (certify) uses the randomized Clopper-Pearson bound. Both write separately
-named logs (``certify_sound_sigma_0.25.tsv``, ``certify_randomized_sigma_0.25.tsv``); see smoothjax/certify_modes.py.
+named logs (``certify_sound_sigma_0.25.tsv``, ``certify_randomized_sigma_0.25.tsv``); the modes are in
+smoothjax/jobs/certify_modes.py.
 
 Empirical robustness (SmoothAdv's ``predict.py``): in predict mode, ``certify.attack=pgd|ddn`` attacks each image
 within L2 ``certify.epsilon`` (pixel units) with ``num_steps`` (default 20) steps and ``num_noise_vec`` noise draws
@@ -43,41 +44,23 @@ a check that fails on any process stops all of them with the same error. Restart
       --config.distributed.process_id=$i & done; wait
 """
 
-import os
-import sys
+from absl import app
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from smoothjax import analysis, jobs  # neither imports JAX: it reads XLA_FLAGS once the flags are parsed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory to certify.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = jobs.define_flags("Training run directory to certify.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO.
-    from smoothjax import analysis  # After flag parsing: JAX reads XLA_FLAGS on import.
-    from smoothjax.certify_loop import certify_workdir
-
-    try:
-        path = certify_workdir(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, OSError) as e:
-        if os.environ.get("SMOOTHJAX_DEBUG"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        sys.exit(f"certify.py: error: {message}")
+    path = jobs.run("certify", argv, _CONFIG.value, _WORKDIR.value)
     import jax
 
     if jax.process_index() != 0:  # process 0 wrote the log and reports it
         return
-    log = analysis.read_log(path)
+    log, settings = analysis.read_log(path), analysis.read_settings(path)  # what was run: the sidecar, not the name
     if log.is_certification:
-        radii = analysis.default_radii([log])
-        sigma = analysis.format_sigma(analysis.read_settings(path)["sigma"])  # the sidecar, never the name
-        print(analysis.markdown_table([log], [f"&sigma; = {sigma}"], radii, acr=True))
+        label = f"&sigma; = {analysis.format_sigma(settings['sigma'])}"
+        print(analysis.markdown_table([log], [label], analysis.default_radii([log]), acr=True))
         print(f"{len(log)} images; certified accuracy at radius 0: {analysis.certified_accuracy(log, [0.0])[0]:.3f}, "
               f"average certified radius (ACR): {analysis.average_certified_radius(log):.3f}")
         if (samples := analysis.samples_summary(log)) is not None:  # sequential mode
@@ -85,10 +68,9 @@ def main(argv):
     else:
         summary = analysis.prediction_summary(log)
         print(f"{summary.n} images; accuracy {summary.accuracy:.3f}, abstention rate {summary.abstention_rate:.3f}")
-        if (attacked := analysis.parse_attack(path)) is not None:
-            print(f"empirical robust accuracy at radius {attacked['epsilon']} ({attacked['attack']}): "
+        if settings.get("attack", "none") != "none":
+            print(f"empirical robust accuracy at radius {settings['epsilon']} ({settings['attack']}): "
                   f"{summary.accuracy:.3f}")
-
 
 if __name__ == "__main__":
     app.run(main)

@@ -59,15 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.1
     c.momentum = 0.9
     c.weight_decay = 1e-4
-    c.lr_schedule = "step"  # step | cosine | constant
+    c.lr_schedule = "step"  # step | multistep | cosine | constant
     c.lr_step_epochs = 30
     c.lr_decay = 0.1
+    c.lr_milestones = ()  # lr_schedule='multistep': epochs at which the learning rate is multiplied by lr_decay
+    c.nesterov = False
+    c.grad_clip_norm = 0.0  # > 0: clip the loss gradient to this global L2 norm (SIAM: 0.05)
     c.seed = 0
     # Bookkeeping.
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_every_steps = 100
     c.eval_every_steps = 0  # 0 = evaluate at the end only
+    c.keep_best_by = ""  # an evaluation metric (e.g. clean_accuracy): keep the best state in workdir/best
     # Multi-host: set coordinator_address (or SMOOTHJAX_DISTRIBUTED=1 to auto-detect, e.g. on TPU pods).
     c.distributed = ml_collections.ConfigDict({"coordinator_address": "", "num_processes": -1, "process_id": -1})
     # Certification (certify.py): Cohen et al.'s CERTIFY / PREDICT; sigma None = the training sigma.
@@ -79,15 +83,25 @@ def base_config() -> ml_collections.ConfigDict:
         # num_noise_vec = m draws for the attack; base_attack = attack the base classifier without noise.
         "attack": "none", "epsilon": 0.0, "num_steps": 20, "num_noise_vec": 1, "no_grad_attack": False,
         "base_attack": False,
-        # Sequential mode (mode='sequential', smoothjax.sequential): stop once the radius grid is settled. radii:
+        # Sequential mode (mode='sequential', certification.sequential): stop once the radius grid is settled. radii:
         # '' = 0, 0.25, ... up to 3 sigma; else '0,0.25,0.5' or 'start:stop:step'. cs_method: betting | union | grid.
         # futility: 'projected' gives up on the next radius when even an optimistic miss rate (Clopper-Pearson at
         # futility_level) would not certify it by max_samples; 'exact' only when all-hits could not. Both are valid.
         "radii": "", "max_samples": 100_000, "cs_method": "betting", "futility": "projected", "futility_level": 0.01,
-        # sound: exact grid noise (smoothjax.sound_noise), inputs rounded to the 1/255 grid; randomized_cp: the
+        # sound: exact grid noise (certification.sound_noise), inputs rounded to the 1/255 grid; randomized_cp: the
         # randomized Clopper-Pearson bound (mode='certify'); both write separately named logs.
         "sound": False, "randomized_cp": False,
         # tag: an extra part of the log name (certify_<tag>_sigma_0.25.tsv), e.g. to keep an n = 100,000 log beside
         # the n = 10,000 one in the same workdir.
         "tag": ""})
+    # SIAM evaluation (evaluate.py, smoothjax.jobs.evaluate): accuracy of the smoothed classifier of a stochastic model
+    # over noise_sd x m_test (comma lists; noise_sd '' = the model's own, pixel units) under L-inf attacks of budget
+    # epsilon (pixel units): clean, pgd, epgd (eot_passes per step), transfer (crafted on source_workdir), nattack.
+    c.evaluate = ml_collections.ConfigDict({
+        "noise_sd": "", "m_test": "1,8", "mode": "vote", "attacks": "clean,pgd,epgd", "epsilon": 8 / 255,
+        "pgd_steps": 7, "eot_passes": 8, "source_workdir": "", "nattack_population": 300, "nattack_iterations": 500,
+        "split": "test", "max_images": 1000, "batch_size": 100,
+        "chunk_size": 1,  # stochastic passes vmapped together (0 = all at once; 1 is fastest with weight noise on CPU)
+        "pass_loop": "auto",  # EPGD's passes: auto (scan on CPU) | vmap | scan
+        "seed": 0, "out": ""})  # out '' = <workdir>/robustness
     return c

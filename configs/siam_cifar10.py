@@ -2,8 +2,10 @@
 CPNI weight noise and input noise, L-inf PGD / EPGD adversarial training, smoothed inference.
 
   python train.py --config=configs/siam_cifar10.py:noise=cpni --workdir=runs/siam_c10_cpni
-  python -m smoothjax.robustness_eval --workdir=runs/siam_c10_cpni --source_workdir=runs/siam_c10_cpni_seed1 \
-      --noise_sd=0.0,0.0625 --m_test=1,8,64,512 --attacks=clean,pgd,epgd,transfer,nattack --out=runs/siam_c10_cpni/eval
+  python evaluate.py --config=configs/siam_cifar10.py:noise=cpni --workdir=runs/siam_c10_cpni \
+      --config.evaluate.source_workdir=runs/siam_c10_cpni_seed1 --config.evaluate.noise_sd=0.0,0.0625 \
+      --config.evaluate.m_test=1,8,64,512 --config.evaluate.attacks=clean,pgd,epgd,transfer,nattack \
+      --config.evaluate.out=runs/siam_c10_cpni/eval
 
 Argument after ':' — ``noise=pni|cpni`` (default cpni), optionally ``,attack=epgd`` (m_train = 8 EOT passes per
 PGD step) and ``,width=4``. Reference command (PyTorch, ``train.py`` of yanemcovsky/SIAM):

@@ -2,8 +2,9 @@
 classes and CIFAR-100 statistics.
 
   python train.py --config=configs/siam_cifar100.py:noise=cpni --workdir=runs/siam_c100_cpni
-  python -m smoothjax.robustness_eval --workdir=runs/siam_c100_cpni --dataset=cifar100_npz \
-      --m_test=1,8,64 --attacks=clean,pgd,epgd --out=runs/siam_c100_cpni/eval
+  python evaluate.py --config=configs/siam_cifar100.py:noise=cpni --workdir=runs/siam_c100_cpni \
+      --config.data_path=<cifar100-test.npz> --config.evaluate.m_test=1,8,64 \
+      --config.evaluate.out=runs/siam_c100_cpni/eval
 
 Input noise: the reference's normalised 0.25 times its normalisation std (0.247, 0.243, 0.262) per channel (the
 reference normalises CIFAR-100 with the CIFAR-10 statistics).

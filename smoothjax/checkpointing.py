@@ -1,22 +1,26 @@
-"""Checkpoints of training runs: periodic, atomic, last-k, resumable, and loadable as plain NumPy.
+"""Checkpoints of training runs: periodic, atomic, last-k or best-k, resumable, and loadable as plain NumPy.
 
 A workdir holds ``checkpoints/<step>/`` (orbax, written to a temporary directory and renamed when complete, so a
 kill at any moment leaves either the previous or the new checkpoint, never half of one) and ``model.json``, the
 description of the model the checkpoints belong to (name, classes, normalisation, input shape, training sigma).
 Checkpoints are restored as NumPy arrays and then placed on the current mesh, so a checkpoint written on 4
-devices (or a pod) loads on 1.
+devices (or a pod) loads on 1. ``Checkpointer(..., best_metric=...)`` keeps the best checkpoints by an evaluation
+metric instead of the newest (orbax's ``best_fn``; ``config.keep_best_by`` keeps ``workdir/best``). Every other file
+of a run is written with ``write_atomically``, so a kill never leaves half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from smoothjax.atomic_files import write_atomically
+from absl import logging
 
 # The keys of model.json that must agree for a workdir's checkpoints to fit a model.
 MODEL_KEYS = ("model", "num_classes", "dataset", "normalization", "model_kwargs", "image_shape")
@@ -24,6 +28,51 @@ MODEL_KEYS = ("model", "num_classes", "dataset", "normalization", "model_kwargs"
 
 def _checkpoint_dir(workdir) -> Path:
     return Path(workdir).absolute() / "checkpoints"
+
+
+def write_atomically(path, content: str | Callable[[Path], object]) -> None:
+    """Writes ``path`` in one step: to a temporary sibling first, then ``os.replace`` onto ``path``.
+
+    Args:
+      path: destination file (its directory must exist).
+      content: the text to write, or ``write(tmp_path)`` that writes the file (e.g. ``fig.savefig``).
+
+    Guarantee: ``os.replace`` is atomic on POSIX and Windows within one file system, so a killed process leaves
+    either the previous ``path`` or the complete new one (plus, at worst, a stray ``.<name>.tmp<pid>``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if callable(content):
+        content(tmp)
+    else:
+        tmp.write_text(content)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _orbax_errors_only():
+    """Silences absl warnings (orbax's) for a while: a damaged checkpoint gets one clear error line instead."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def latest_step(workdir) -> int:
+    """The newest complete checkpoint step of ``workdir``, read without creating or cleaning anything; a one-line
+    ValueError when there is none."""
+    directory = _checkpoint_dir(workdir)
+    step = None
+    if directory.is_dir():
+        with _orbax_errors_only():
+            manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+            step = manager.latest_step()
+            manager.close()
+    if step is None:
+        raise ValueError(f"no checkpoint in {directory}; train first (train.py --workdir={workdir})")
+    return int(step)
 
 
 def write_model_spec(workdir, spec: dict) -> None:
@@ -70,13 +119,23 @@ class Checkpointer:
 
     Args:
       workdir: the run directory.
-      max_to_keep: how many of the newest checkpoints to keep (>= 1).
+      max_to_keep: how many checkpoints to keep (>= 1): the newest ones, or with ``best_metric`` the best ones.
+      best_metric: keep the checkpoints with the highest ``metrics[best_metric]`` (orbax ``best_fn``, ``best_mode``
+        max); ``save`` then needs ``metrics``. The values are stored with the checkpoints, so "best" spans restarts.
     """
 
-    def __init__(self, workdir, *, max_to_keep: int = 3):
+    def __init__(self, workdir, *, max_to_keep: int = 3, best_metric: str | None = None):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} is not allowed; it must be >= 1")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+        best: Callable | None = None
+        if best_metric is not None:
+            if not best_metric or not isinstance(best_metric, str):
+                raise ValueError(f"keep_best_by={best_metric!r} is not allowed; name an evaluation metric, e.g. "
+                                 "clean_accuracy")
+            best = lambda metrics: float(metrics[best_metric])  # noqa: E731
+        self.best_metric = best_metric
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                                               best_fn=best, best_mode="max")
         self._manager = ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
                                               item_handlers=ocp.PyTreeCheckpointHandler())
 
@@ -84,9 +143,23 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state) -> None:
-        """Starts writing ``state`` as checkpoint ``step`` (asynchronously; atomic on completion)."""
-        self._manager.save(int(step), args=ocp.args.PyTreeSave(state), force=True)
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint kept (the newest without ``best_metric``), or None."""
+        return self._manager.best_step()
+
+    def metrics(self, step: int) -> dict | None:
+        """The metrics saved with checkpoint ``step`` (``best_metric`` runs), or None."""
+        return self._manager.metrics(step)
+
+    def save(self, step: int, state, metrics: dict | None = None) -> None:
+        """Starts writing ``state`` as checkpoint ``step`` (asynchronously; atomic on completion). With
+        ``best_metric``, ``metrics`` (name -> number) must hold it: orbax then keeps the best ``max_to_keep``."""
+        if self.best_metric is not None:
+            if metrics is None or self.best_metric not in metrics:
+                raise ValueError(f"keep_best_by={self.best_metric!r} is not an evaluation metric; have: "
+                                 f"{', '.join(sorted(metrics or {}))}")
+            metrics = {k: float(v) for k, v in metrics.items()}
+        self._manager.save(int(step), args=ocp.args.PyTreeSave(state), metrics=metrics, force=True)
 
     def restore(self, target, step: int | None = None, shardings=None):
         """Restores checkpoint ``step`` (default: latest) into the structure of ``target``.
@@ -137,15 +210,20 @@ def load_variables(workdir, step: int | None = None) -> dict:
       step: which checkpoint (default: the latest).
 
     Returns:
-      The variables as written by training, usable with ``make_apply_fn(model)`` on any device count.
+      The variables as written by training, usable with ``make_apply_fn(model)`` on any device count. Raises a
+      one-line ValueError when there is no checkpoint or it is empty or damaged.
     """
-    manager = ocp.CheckpointManager(_checkpoint_dir(workdir), item_handlers=ocp.PyTreeCheckpointHandler())
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise ValueError(f"no checkpoint in {_checkpoint_dir(workdir)}; train first (train.py --workdir={workdir})")
-    metadata = manager.item_metadata(step)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(metadata))
-    restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    step = latest_step(workdir) if step is None else step
+    try:
+        with _orbax_errors_only():
+            manager = ocp.CheckpointManager(_checkpoint_dir(workdir), item_handlers=ocp.PyTreeCheckpointHandler())
+            metadata = manager.item_metadata(step)
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(metadata))
+            restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except Exception as e:  # orbax raises many types (ValueError too) for an empty or half-deleted checkpoint.
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"checkpoint {_checkpoint_dir(workdir) / str(step)} cannot be loaded ({type(e).__name__}: "
+                         f"{first}); it is empty or damaged, train again or delete it") from None
     return {"params": restored["params"], **(restored.get("model_state") or {})}
 
 

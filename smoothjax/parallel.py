@@ -5,10 +5,17 @@ train step is a single ``jax.jit``-ted function whose batch argument is sharded 
 parameters are replicated; XLA inserts the cross-device reductions (gradient mean, batch-norm statistics over the
 global batch). The mesh axis is ``AxisType.Auto``: explicit axes would reject vmapping a conv net over noise draws
 of a sharded batch. The same code runs on 1 CPU, 8 GPUs or a multi-host TPU pod.
+
+One multi-host idiom serves every job (training, certification, evaluation): ``initialize_distributed``, then the
+global ``make_mesh()``; each process loads only its contiguous rows of every global batch and ``to_global`` assembles
+them; programs are jitted over the mesh with the batch sharded and results replicated, so every process reads the
+whole result and only process 0 writes files. ``together`` makes a failed check on any process the same one-line
+error on all of them, and ``from_process_0`` shares what only process 0 knows (e.g. which log rows exist).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -109,3 +116,46 @@ def replicate(tree, mesh):
         return jax.device_put(a, sharding)
 
     return jax.tree.map(put, tree)
+
+
+_MESSAGE_BYTES = 480
+
+
+def agree(error: str | None) -> None:
+    """Every process raises ``ValueError(message)`` of the first process (lowest index) with an error, if any.
+
+    A collective on several processes (each process must call it); one process only raises its own error."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise ValueError(error)
+        return
+    from jax.experimental import multihost_utils
+    encoded = (error or "").encode()[:_MESSAGE_BYTES]
+    buf = np.zeros(_MESSAGE_BYTES + 1, np.int32)
+    buf[0], buf[1:1 + len(encoded)] = error is not None, np.frombuffer(encoded, np.uint8)
+    for row in np.asarray(multihost_utils.process_allgather(buf)):
+        if row[0]:
+            raise ValueError(bytes(row[1:].astype(np.uint8)).rstrip(b"\0").decode(errors="ignore"))
+
+
+@contextlib.contextmanager
+def together():
+    """Runs a block on every process and then ``agree``s: a ValueError / OSError of the block on any process
+    becomes the same one-line ValueError on all of them (no process is left waiting in a collective). With one
+    process the original exception propagates unchanged."""
+    error = None
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        if jax.process_count() == 1:
+            raise
+        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    agree(error)
+
+
+def from_process_0(a: np.ndarray) -> np.ndarray:
+    """Process 0's value of the int32 array ``a`` (same shape on every process), on every process (a collective)."""
+    if jax.process_count() == 1:
+        return a
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(a, np.int32)))

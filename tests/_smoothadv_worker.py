@@ -43,7 +43,7 @@ def run(out_path: str, batch: int = 8, m: int = 2) -> None:
                                     train_multi_noise=True, warmup=2)
     base = training.make_train_step(loss, tx)
 
-    def with_epoch(st, data, key):  # As train_loop does: the epoch joins the batch inside the jitted step.
+    def with_epoch(st, data, key):  # As the train job does: the epoch joins the batch inside the jitted step.
         return base(st, {**data, "epoch": st.step}, key)
 
     step = jax.jit(with_epoch, in_shardings=(repl, rows, repl), out_shardings=(repl, repl))

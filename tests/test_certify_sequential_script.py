@@ -183,16 +183,16 @@ def test_other_sequential_settings_are_refused_and_touch_nothing(reference, tmp_
 ])
 def test_bad_settings_are_refused(changes, needle):
     from configs.digits import get_config
-    from smoothjax import certify_modes
+    from smoothjax.jobs import certify_modes
 
     cc = get_config().certify
     cc.update({"mode": "sequential", **changes})
     with pytest.raises(ValueError, match=re.escape(needle)):
-        certify_modes.validate(cc, SIGMA)
+        certify_modes.get(cc).validate(cc, SIGMA)
 
 
 def test_default_radius_grid_is_quarter_steps_up_to_three_sigma():
-    from smoothjax import certify_modes
+    from smoothjax.jobs import certify_modes
 
     assert certify_modes.resolve_radii("", 0.25) == (0.0, 0.25, 0.5, 0.75)
     assert certify_modes.resolve_radii("", 1.0) == tuple(0.25 * np.arange(13))

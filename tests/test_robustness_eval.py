@@ -3,14 +3,17 @@ events), accuracies match independent re-computations where they are known in cl
 JSON / TSV / markdown / plot / metrics files."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smoothjax import robustness_eval as R
+from conftest import ROOT, subprocess_env
 from smoothjax.models import get_model, make_apply_fn
+from smoothjax.siam import evaluation as R
 
 LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # one per compiled executable, cached or not
 
@@ -99,15 +102,21 @@ def test_bad_noise_sd_and_attack_names(small):
 
 
 def test_command_writes_every_output(trained, tmp_path):
-    """``python -m smoothjax.robustness_eval`` on the session's trained digits run: rows for the whole grid in JSON,
-    TSV and markdown, a plot, metrics.jsonl; clean accuracy at noise 0 equals the plain model's on the same images."""
+    """``evaluate.py`` on the session's trained digits run: rows for the whole grid in JSON, TSV and markdown, a plot,
+    metrics.jsonl; clean accuracy at noise 0 equals the plain model's on the same images."""
     from smoothjax import checkpointing, data
 
     out = tmp_path / "eval"
-    rows = R.main([f"--workdir={trained}", "--max_images=16", "--batch_size=8", "--noise_sd=0.0,0.1",
-                   "--m_test=1,2", "--attacks=clean,pgd,nattack", "--epsilon=0.02", "--pgd_steps=2",
-                   "--nattack_population=6", "--nattack_iterations=2", f"--out={out}"])
-    assert json.loads((out / "results.json").read_text()) == rows and len(rows) == 4
+    proc = subprocess.run([sys.executable, "evaluate.py", "--config=configs/digits.py", f"--workdir={trained}",
+                           *(f"--config.evaluate.{k}={v}" for k, v in dict(
+                               max_images=16, batch_size=8, noise_sd="0.0,0.1", m_test="1,2",
+                               attacks="clean,pgd,nattack", epsilon=0.02, pgd_steps=2, nattack_population=6,
+                               nattack_iterations=2, out=out).items())],
+                          cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"4 settings of 16 images each; accuracies in {out}" in proc.stdout
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 4
     tsv = (out / "results.tsv").read_text().splitlines()
     assert tsv[0].split("\t") == ["noise_sd", "m_test", "mode", "count", "clean", "pgd", "nattack"] and len(tsv) == 5
     md = (out / "results.md").read_text()

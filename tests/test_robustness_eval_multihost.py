@@ -1,4 +1,4 @@
-"""Multi-host evaluation: ``python -m smoothjax.robustness_eval`` as one process on one device and as two local
+"""Multi-host evaluation: the evaluate job (``evaluate.py``) as one process on one device and as two local
 processes of 2 devices each (jax.distributed on 127.0.0.1, gloo; 4 devices in all) gives the same figures for every
 setting and attack, and the two processes write one set of outputs. Before the command, each run attacks
 test_nattack's noisy linear problem with NAttack from per-process rows of a global batch: same successes, queries and
@@ -21,9 +21,8 @@ from smoothjax import checkpointing, data
 from smoothjax.models import get_model, make_apply_fn
 
 IMAGES = 20  # 3 global batches of 8: the last has 4 padding rows (on 2 processes, all of process 1's rows)
-ARGS = ["--max_images=20", "--batch_size=8", "--noise_sd=0.0,0.1", "--m_test=2",
-        "--attacks=clean,pgd,epgd,transfer,nattack", "--epsilon=0.15", "--pgd_steps=2", "--eot_passes=2",
-        "--nattack_population=8", "--nattack_iterations=3", "--seed=3"]
+SETTINGS = dict(max_images=20, batch_size=8, noise_sd="0.0,0.1", m_test="2", attacks="clean,pgd,epgd,transfer,nattack",
+                epsilon=0.15, pgd_steps=2, eot_passes=2, nattack_population=8, nattack_iterations=3, seed=3)
 OUTPUTS = {"results.json", "results.tsv", "results.md", "accuracy.png", "metrics.jsonl"}
 
 
@@ -122,7 +121,9 @@ def _run_worker(root, out, coordinator="", num_processes="-1", process_id="-1") 
     """Child process: NAttack on test_nattack's noisy linear problem from per-process rows, then the command."""
     from test_nattack import _devices_problem, _noisy_linear_score
 
-    from smoothjax import parallel, robustness_eval
+    from configs import digits
+    from smoothjax import parallel
+    from smoothjax.jobs.evaluate import evaluate_workdir
     from smoothjax.siam.nattack import nattack
 
     parallel.initialize_distributed(coordinator, int(num_processes), int(process_id))
@@ -132,9 +133,11 @@ def _run_worker(root, out, coordinator="", num_processes="-1", process_id="-1") 
     batch = parallel.to_global({"x": x[mine], "y": y[mine], "active": (np.arange(8) < 6)[mine]}, parallel.make_mesh())
     out_attack = nattack(_noisy_linear_score, batch["x"], batch["y"], jax.random.key(3), epsilon=0.17, population=40,
                          max_iterations=25, score_args=(jnp.asarray(w), jax.random.key(9)), active=batch["active"])
-    robustness_eval.main([f"--workdir={root}/run", f"--source_workdir={root}/source", f"--out={out}", *ARGS,
-                          f"--coordinator_address={coordinator}", f"--num_processes={num_processes}",
-                          f"--process_id={process_id}"])
+    config = digits.get_config()
+    config.evaluate.update(source_workdir=f"{root}/source", out=str(out), **SETTINGS)
+    config.distributed.update(coordinator_address=coordinator, num_processes=int(num_processes),
+                              process_id=int(process_id))
+    evaluate_workdir(config, f"{root}/run")
     if index == 0:
         print(json.dumps({"processes": count, "devices": jax.device_count(),
                           "success": out_attack["success"].tolist(), "queries": out_attack["queries"].tolist(),

@@ -1,7 +1,6 @@
 """SIAM training pieces: the mixed adversarial loss against its definition, the multistep schedule and gradient
-clipping against closed forms, and the best-checkpoint keeper."""
+clipping against closed forms (the best-checkpoint keeper: test_checkpointing.py)."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import optax
 import pytest
 
 from smoothjax import training
-from smoothjax.best_checkpoint import BestCheckpoint
 from smoothjax.siam.linf_attacks import pgd_linf
 from smoothjax.models import get_model, make_stochastic_apply_fn
 from smoothjax.siam.loss import adversarial_training_loss
@@ -72,21 +70,3 @@ def test_gradient_clipping_before_weight_decay_closed_form():
     u1, _ = nesterov.update(g, nesterov.init(params), params)
     u2, _ = ref.update(g, ref.init(params), params)
     np.testing.assert_allclose(np.asarray(u1["w"]), np.asarray(u2["w"]))
-
-
-def test_best_checkpoint_keeps_the_maximum_and_survives_a_restart(tmp_path):
-    state = {"w": np.arange(3.0)}
-    best = BestCheckpoint(tmp_path, "clean_accuracy")
-    assert best.update(10, {"clean_accuracy": 0.5}, {"w": state["w"] + 1})
-    assert not best.update(20, {"clean_accuracy": 0.4}, {"w": state["w"] + 2})
-    assert best.update(30, {"clean_accuracy": 0.7}, {"w": state["w"] + 3})
-    best.close()
-    assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"metric": "clean_accuracy", "value": 0.7,
-                                                                         "step": 30}
-    again = BestCheckpoint(tmp_path, "clean_accuracy")
-    assert not again.update(40, {"clean_accuracy": 0.6}, {"w": state["w"] + 4})
-    from smoothjax.checkpointing import Checkpointer
-    restored = Checkpointer(tmp_path / "best").restore({"w": state["w"]})
-    np.testing.assert_array_equal(restored["w"], state["w"] + 3)
-    with pytest.raises(ValueError, match="keep_best_by='top5'"):
-        BestCheckpoint(tmp_path, "top5").update(1, {"clean_accuracy": 1.0}, state)

@@ -15,7 +15,7 @@ from conftest import ROOT
 from smoothjax import certification, checkpointing, data, smoothadv, training
 from smoothjax.smoothadv import finetuning, self_training
 from smoothjax.models import get_model, make_apply_fn
-from smoothjax.train_loop import train_and_evaluate
+from smoothjax.jobs.train import train_and_evaluate
 from test_attacks import numpy_pgd_step
 
 sys.path.insert(0, str(ROOT))
@@ -265,7 +265,7 @@ def test_certify_predict_mode_attacks_then_predicts(teacher):
     """certify.py's predict mode with an attack: epsilon 0 reproduces the unattacked rows exactly (same PREDICT keys),
     a large budget lowers the accuracy, the log is named after the attack, and the table reports it per radius."""
     from smoothjax import analysis
-    from smoothjax.certify_loop import certify_workdir
+    from smoothjax.jobs.certify import certify_workdir
 
     def run(**attack):
         c = _digits_config()

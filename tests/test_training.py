@@ -163,7 +163,7 @@ def test_load_model_gives_a_working_classifier(tmp_path):
 
 
 def test_missing_or_corrupt_data_file(tmp_path):
-    from smoothjax.train_loop import train_and_evaluate
+    from smoothjax.jobs.train import train_and_evaluate
     from configs import digits
 
     bad = tmp_path / "not-a-zip.zip"
@@ -178,7 +178,7 @@ def test_missing_or_corrupt_data_file(tmp_path):
 
 
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
-    from smoothjax.train_loop import train_and_evaluate
+    from smoothjax.jobs.train import train_and_evaluate
     from configs import digits
 
     workdir = tmp_path / "run"

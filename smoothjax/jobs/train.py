@@ -3,34 +3,37 @@
 ``train_and_evaluate(config, workdir)`` validates the whole config before it writes anything, builds the data
 pipeline, model and a jitted data-parallel train step over all devices of all processes, resumes from the
 newest checkpoint in ``workdir`` if there is one, trains, evaluates clean and noisy accuracy, and returns the
-final metrics. The loss is chosen by ``config.loss`` from ``LOSSES``, so adversarial-training variants register a
-loss instead of copying this loop; each step's batch also carries ``epoch`` (an int32 scalar, for schedules such as
-SmoothAdv's epsilon warm-up). Options: ``init_from`` (a trained run's workdir: fine-tune from its newest checkpoint,
-new classifier head when the class count differs; ``smoothjax.finetuning``) and ``self_training_teacher``
-(alternate labelled batches with pseudo-labelled batches of another source; ``smoothjax.self_training``).
-Optimiser options ``nesterov``, ``grad_clip_norm`` (global-norm clipping, 0 = off), ``lr_schedule='multistep'`` with
-``lr_milestones`` (epochs); ``keep_best_by`` (an evaluation metric, e.g. ``clean_accuracy``) keeps the best state in
-``workdir/best`` (``smoothjax.best_checkpoint``). Stochastic (SIAM) models are evaluated as smoothed classifiers
-(``siam.eval_apply_fn``).
+final metrics. The loss is chosen by ``config.loss`` from ``LOSSES``, the one registry of training losses: a new
+loss (e.g. Consistency or MACER) is a ``loss_from_config(model, config)`` in its own module plus one line there, not a
+copy of this loop; each step's batch also carries ``epoch`` (an int32 scalar, for schedules such as SmoothAdv's
+epsilon warm-up). Options: ``init_from`` (a trained run's workdir: fine-tune from its newest checkpoint, new
+classifier head when the class count differs; ``smoothadv.finetuning``) and ``self_training_teacher`` (alternate
+labelled batches with pseudo-labelled batches of another source; ``smoothadv.self_training``). Optimiser options
+``nesterov``, ``grad_clip_norm`` (global-norm clipping, 0 = off), ``lr_schedule='multistep'`` with ``lr_milestones``
+(epochs); ``keep_best_by`` (an evaluation metric, e.g. ``clean_accuracy``) keeps the best state in ``workdir/best``
+(``checkpointing.Checkpointer`` with orbax's ``best_fn``). Stochastic (SIAM) models are evaluated as smoothed
+classifiers (``siam.eval_apply_fn``). Config fields are read as they are: their defaults are in ``configs/common.py``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from smoothjax import best_checkpoint, checkpointing, data, parallel, siam, smoothadv, training
-from smoothjax.smoothadv import finetuning, self_training
+from smoothjax import checkpointing, data, parallel, siam, smoothadv, training
+from smoothjax.jobs.reporting import Reporter
 from smoothjax.models import get_model
 from smoothjax.noise import check_sigma
-from smoothjax.reporting import Reporter
+from smoothjax.smoothadv import finetuning, self_training
 
-# config.loss -> factory(model, config) returning a loss_fn(params, model_state, batch, key).
+# The registry of training losses, config.loss -> factory(model, config) returning
+# loss_fn(params, model_state, batch, key) -> (loss, (new_model_state, metrics)) (the contract of smoothjax.training).
 LOSSES: dict[str, Callable] = {
     "gaussian": lambda model, config: training.gaussian_augmentation_loss(model, config.sigma),
     "smoothadv": smoothadv.loss_from_config,
@@ -43,12 +46,12 @@ def _setup(config):
     check_sigma(config.sigma)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of: {', '.join(sorted(LOSSES))}")
-    data_kw = dict(data_dir=config.get("data_dir") or None, path=config.get("data_path") or None)
+    data_kw = dict(data_dir=config.data_dir or None, path=config.data_path or None)
     train_src = data.get_source(config.dataset, config.train_split, **data_kw)
     eval_src = data.get_source(config.dataset, config.eval_split, **data_kw) if config.eval_split else None
-    num_classes = config.get("num_classes") or train_src.num_classes
-    stats = config.get("dataset_stats") or config.dataset
-    model_kwargs = dict(config.get("model_kwargs") or {})
+    num_classes = config.num_classes or train_src.num_classes
+    stats = config.dataset_stats or config.dataset
+    model_kwargs = dict(config.model_kwargs)
     model = get_model(config.model, num_classes, dataset=stats, normalization=config.normalization, **model_kwargs)
     spec = {"model": config.model, "num_classes": int(num_classes), "dataset": stats,
             "normalization": config.normalization, "model_kwargs": model_kwargs,
@@ -59,14 +62,14 @@ def _setup(config):
 
 def _self_training_setup(config, train_src, spec, loader):
     """The unlabelled loader, teacher ``(apply_fn, variables)`` and loss weight, or None without self-training."""
-    teacher = config.get("self_training_teacher") or ""
+    teacher = config.self_training_teacher
     if not teacher:
         return None
-    weight = config.get("self_training_weight", 1.0)
+    weight = config.self_training_weight
     if not (isinstance(weight, (int, float)) and weight >= 0):
         raise ValueError(f"self_training_weight={weight!r} is not allowed; it must be a number >= 0")
-    src = data.get_source(config.self_training_dataset, config.get("self_training_split") or "train",
-                          data_dir=config.get("data_dir") or None, path=config.get("self_training_data_path") or None)
+    src = data.get_source(config.self_training_dataset, config.self_training_split or "train",
+                          data_dir=config.data_dir or None, path=config.self_training_data_path or None)
     if list(src.image_shape) != list(train_src.image_shape):
         raise ValueError(f"self_training_dataset {config.self_training_dataset!r} has images of shape "
                          f"{tuple(src.image_shape)}, the labelled data {tuple(train_src.image_shape)}")
@@ -80,11 +83,11 @@ def _self_training_setup(config, train_src, spec, loader):
 
 
 def _num_steps(config, steps_per_epoch: int) -> int:
-    steps = config.get("total_steps") or 0
+    steps = config.total_steps
     if steps <= 0:
         steps = math.ceil(config.num_epochs * steps_per_epoch)
     if steps <= 0:
-        raise ValueError(f"num_epochs={config.num_epochs}, total_steps={config.get('total_steps')} give no steps; "
+        raise ValueError(f"num_epochs={config.num_epochs}, total_steps={config.total_steps} give no steps; "
                          "set num_epochs > 0 or total_steps > 0")
     return int(steps)
 
@@ -111,9 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run, and the same global batch on any number of devices or processes gives the same parameters up to
     floating-point reassociation.
     """
-    dist = config.get("distributed") or {}
-    parallel.initialize_distributed(dist.get("coordinator_address", ""), dist.get("num_processes", -1),
-                                    dist.get("process_id", -1))
+    parallel.initialize_distributed(**config.distributed)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh)
@@ -130,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     repl = parallel.replicated(mesh)
     init = jax.jit(lambda k: training.create_train_state(model, tx, k, train_src.image_shape), out_shardings=repl)
     pretrained, old_classes = None, None
-    if config.get("init_from"):  # Checked against the model's structure before anything is written.
+    if config.init_from:  # Checked against the model's structure before anything is written.
         pretrained, old_classes = finetuning.read_pretrained(config.init_from, spec)
         finetuning.transfer_variables(pretrained, jax.eval_shape(init, init_key).variables, old_classes=old_classes,
                                       new_classes=spec["num_classes"])
@@ -176,8 +177,8 @@ def _optimizer(config, steps_per_epoch: int, total_steps: int):
     return training.make_optimizer(
         learning_rate=config.learning_rate, steps_per_epoch=steps_per_epoch, momentum=config.momentum,
         weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_step_epochs=config.lr_step_epochs,
-        lr_decay=config.lr_decay, total_steps=total_steps, nesterov=config.get("nesterov", False),
-        grad_clip_norm=config.get("grad_clip_norm", 0.0), lr_milestones=tuple(config.get("lr_milestones", ())))
+        lr_decay=config.lr_decay, total_steps=total_steps, nesterov=config.nesterov,
+        grad_clip_norm=config.grad_clip_norm, lr_milestones=tuple(config.lr_milestones))
 
 
 def _train_step(loss_fn, tx, mesh, steps_per_epoch: int, selftrain: bool):
@@ -215,8 +216,8 @@ class _Evaluator:
 
     def __init__(self, config, workdir, apply_fn, source, key, mesh):
         self.config, self.apply_fn, self.source, self.key, self.mesh = config, apply_fn, source, key, mesh
-        by = config.get("keep_best_by")
-        self.best = best_checkpoint.BestCheckpoint(workdir, by) if by else None
+        by = config.keep_best_by  # orbax keeps the best state by this metric in workdir/best/checkpoints
+        self.best = checkpointing.Checkpointer(Path(workdir) / "best", max_to_keep=1, best_metric=by) if by else None
 
     def __call__(self, step: int, state, reporter, final: bool = False) -> dict:
         if self.source is None:
@@ -227,7 +228,7 @@ class _Evaluator:
                            sigma=self.config.sigma, key=self.key, mesh=self.mesh)
         reporter.scalars(step, {f"eval_{k}": v for k, v in results.items()})
         if self.best is not None:
-            self.best.update(step, results, _as_dict(state))
+            self.best.save(step, _as_dict(state), metrics=results)
             if final:
                 self.best.close()
         return results
