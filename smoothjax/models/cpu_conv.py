@@ -3,7 +3,7 @@
 Inside a ``lax.while_loop`` / ``lax.scan`` / ``fori_loop`` body, XLA:CPU does not canonicalize the transposed
 convolutions that reverse-mode autodiff emits for the gradient with respect to a convolution's *input*: they keep a
 non-canonical kernel layout and run on a slow path, ~8x slower than the same gradient outside a loop
-(README "Performance on CPU"; ``xla/service/cpu/conv_canonicalization.cc`` only walks the
+(docs/performance.md; ``xla/service/cpu/conv_canonicalization.cc`` only walks the
 entry computation). ``conv_general_dilated`` here is a drop-in for ``lax.conv_general_dilated`` (Flax's
 ``nn.Conv(conv_general_dilated=...)``) with a ``jax.custom_vjp`` that writes that input gradient as a *forward*
 convolution of the output cotangent (kernel flipped spatially, input/output channels swapped, ``lhs_dilation`` =
@@ -90,7 +90,7 @@ def weight_gradient(x: jax.Array, g: jax.Array, w: jax.Array, strides, padding, 
     XLA's own weight gradient (a convolution whose window is the whole activation), except for stride-1
     convolutions on inputs of at most 16x16 and an even batch: there it is the sum of the weight gradients of the
     two half batches, which XLA:CPU (YNN kernels, jax 0.10) runs faster (ResNet-110 train step 1.11x, ResNet-20
-    1.09x, ``profile_gradients.py``; on 32x32 inputs it was slower). Equal to plain autodiff up to float rounding
+    1.09x, docs/performance.md; on 32x32 inputs it was slower). Equal to plain autodiff up to float rounding
     (one more addition per weight); bit-identical where not split.
     """
     def xla(x_, g_):
