@@ -1,0 +1,1 @@
+"""Randomized smoothing in JAX/Flax: certified and empirical robustness (README.md, docs/layout.md)."""

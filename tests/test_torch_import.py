@@ -295,13 +295,15 @@ def test_hand_made_tensor_views(tmp_path, writer):
 
 def test_harmless_extras_load(tmp_path):
     # Checkpoints may carry NumPy scalars, training arguments and sets; protocol 2 pickles bytes via _codecs.
-    import argparse
-
-    extras = {"best_prec1": np.float64(0.875), "args": argparse.Namespace(lr=0.1, arch="x"), "tags": {1, 2},
-              "raw": b"\x00\xff"}
+    extras = {"best_prec1": np.float64(0.875), "tags": {1, 2}, "raw": b"\x00\xff"}
     loaded = load_checkpoint(_zip_checkpoint(tmp_path / "x.pth", pickle.dumps(extras, protocol=2), {}))
-    assert loaded == {"best_prec1": 0.875, "args": {"lr": 0.1, "arch": "x"}, "tags": {1, 2}, "raw": b"\x00\xff"}
+    assert loaded == {"best_prec1": 0.875, "tags": {1, 2}, "raw": b"\x00\xff"}
     assert isinstance(loaded["best_prec1"], np.float64)
+    # {"args": argparse.Namespace(lr=0.1, arch="x")} as pickle.dumps(..., protocol=2) writes it, opcode by opcode.
+    namespace = (b"\x80\x02}(" + _s("args") + b"cargparse\nNamespace\n)\x81}(" + _s("lr") + b"G"
+                 + struct.pack(">d", 0.1) + _s("arch") + _s("x") + b"ubu.")
+    loaded = load_checkpoint(_zip_checkpoint(tmp_path / "args.pth", namespace, {}))
+    assert loaded == {"args": {"lr": 0.1, "arch": "x"}}
 
 
 class _RunsCode:
