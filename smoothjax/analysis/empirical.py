@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from smoothjax.analysis.logs import parse_attack
+from smoothjax.analysis.logs import attack_name, parse_attack, parse_sigma  # names: defined in logs
 from smoothjax.analysis.metrics import certified_accuracy, prediction_summary
 
 def _attack_label(settings: dict) -> str:
@@ -65,3 +65,6 @@ def robustness_table(attack_logs: Sequence, certified_log=None) -> str:
         certified = certified_accuracy(certified_log, radii)
         out.append("| certified | " + " | ".join(f"{a:.3f}" for a in certified) + " |")
     return "\n".join(out) + "\n"
+
+
+__all__ = ["attack_name", "empirical_robust_accuracy", "parse_attack", "parse_sigma", "robustness_table"]
