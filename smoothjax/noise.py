@@ -11,8 +11,8 @@ default in current JAX), so the same key gives the same noise on 1 device and on
 Keys are always passed explicitly and never defaulted. Where one key must feed several independent streams, the
 stream is ``jax.random.fold_in(key, TAG)`` with one of the tags below, defined here and nowhere else, so that no two
 parts of the library can draw from the same stream by accident (the tags fold a per-image key, which the noise
-streams never fold directly: certification splits it first, then folds in chunk indices). The data loader's NumPy generators are seeded apart from these
-(``data.loader``: ``[seed, stream, ...]``) and never touch a JAX key.
+streams never fold directly: certification splits it first, then folds in chunk indices). The data loader's NumPy
+generators are seeded apart from these (``data.loader``: ``[seed, stream, ...]``) and never touch a JAX key.
 """
 
 from __future__ import annotations

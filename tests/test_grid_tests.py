@@ -1,4 +1,5 @@
-"""Tests of smoothjax.certification.grid_tests (one anytime-valid test per grid threshold) against exact binomial recursions."""
+"""Tests of smoothjax.certification.grid_tests (one anytime-valid test per grid threshold) against exact binomial
+recursions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of smoothjax.certification.sound_noise (exact grid noise) and of sound=True in certification, against SciPy closed forms."""
+"""Tests of smoothjax.certification.sound_noise (exact grid noise) and of sound=True in certification, against SciPy
+closed forms."""
 
 from __future__ import annotations
 

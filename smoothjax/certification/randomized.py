@@ -9,9 +9,9 @@ hits. The price: the certificate depends on one extra Uniform(0, 1) draw ``u`` b
 different keys may disagree on the same counts; report such certificates separately from deterministic ones.
 
 ``u`` comes from the image's key as ``jax.random.bits(fold_in(key, noise.UNIFORM_STREAM), (2,), uint32)``: 53 of
-those 64 bits give ``u = (k + 1) / 2^53``, which is stochastically *larger* than a continuous uniform, so the coverage is
-``<= alpha`` (within 2^-53 of equality). The selection and estimation draws are exactly ``cohen.certify``'s for the
-same key (same counts), so the two decisions can be compared draw for draw.
+those 64 bits give ``u = (k + 1) / 2^53``, which is stochastically *larger* than a continuous uniform, so the
+coverage is ``<= alpha`` (within 2^-53 of equality). The selection and estimation draws are exactly
+``cohen.certify``'s for the same key (same counts), so the two decisions can be compared draw for draw.
 """
 
 from __future__ import annotations
