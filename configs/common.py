@@ -48,7 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     # MACER (loss='macer', Zhai et al. 2020): CE of the soft smoothed classifier over k draws + lbd * hinge on its
     # certified radius (inverse temperature beta, hinge gamma). Published: k = 16, beta = 16, gamma = 8, lbd = 12
     # (CIFAR-10, sigma 0.25 / 0.5) or 4 (sigma 1.0).
-    c.macer = ml_collections.ConfigDict({"num_noise_vec": 16, "lbd": 12.0, "beta": 16.0, "gamma": 8.0})
+    # deferred_epochs: lambda = 0 for the first epochs (Jeong & Shin's --deferred MACER baseline; 0 = the paper's).
+    c.macer = ml_collections.ConfigDict({"num_noise_vec": 16, "lbd": 12.0, "beta": 16.0, "gamma": 8.0,
+                                         "deferred_epochs": 0})
     # Fine-tuning: a trained run's workdir to start from (new classifier head when the class count differs).
     c.init_from = ""
     # Self-training: a teacher run's workdir pseudo-labels self_training_dataset; its batches alternate with

@@ -150,6 +150,19 @@ def test_macer_gradient_of_a_linear_model_matches_finite_differences():
     assert 0 < float(metrics["in_hinge"]) and float(metrics["robustness"]) > 0
 
 
+def test_macer_deferred_epochs_train_on_the_classification_term_alone_first():
+    model, key = Linear(), jax.random.key(2)
+    x = jax.random.uniform(jax.random.key(0), (6, 2, 2, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    loss_fn = macer.macer_loss(model, sigma=0.5, num_noise_vec=4, lbd=12.0, beta=2.0, gamma=8.0, deferred_epochs=3)
+    batch = {"image": x, "label": jnp.array([0, 1, 2, 3, 0, 1])}
+    before = loss_fn(params, {}, {**batch, "epoch": jnp.int32(2)}, key)[1][1]
+    after = loss_fn(params, {}, {**batch, "epoch": jnp.int32(3)}, key)[1][1]
+    assert float(before["robustness"]) > 0 and float(before["lbd"]) == 0 and float(after["lbd"]) == 12
+    np.testing.assert_allclose(before["loss"], before["classification"], rtol=1e-6)
+    np.testing.assert_allclose(after["loss"], after["classification"] + 12 * after["robustness"], rtol=1e-6)
+
+
 @pytest.mark.parametrize("factory,kwargs,message", [
     (consistency.consistency_loss, {"num_noise_vec": 1}, "num_noise_vec=1 is not allowed; it must be an integer >= 2"),
     (consistency.consistency_loss, {"lbd": -1.0}, "lbd=-1.0 is not allowed"),
@@ -158,6 +171,7 @@ def test_macer_gradient_of_a_linear_model_matches_finite_differences():
     (macer.macer_loss, {"beta": 0.0}, "beta=0.0 is not allowed; it must be a finite number > 0"),
     (macer.macer_loss, {"gamma": "8"}, "gamma='8' is not allowed"),
     (macer.macer_loss, {"sigma": -0.5}, "sigma=-0.5"),
+    (macer.macer_loss, {"deferred_epochs": 1.5}, "deferred_epochs=1.5 is not allowed; it must be an integer >= 0"),
 ])
 def test_bad_settings_raise_one_line_errors(factory, kwargs, message):
     with pytest.raises(ValueError, match="^[^\n]*$") as err:

@@ -39,7 +39,7 @@ from smoothjax.noise import check_sigma
 LOG_GUARD = 1e-10  # the reference's log(g_y + 1e-10)
 
 
-def check_settings(*, sigma, num_noise_vec, lbd, beta, gamma) -> None:
+def check_settings(*, sigma, num_noise_vec, lbd, beta, gamma, deferred_epochs=0) -> None:
     """Raises a one-line ValueError naming the first MACER setting that is not allowed."""
     check_sigma(sigma)
     if isinstance(num_noise_vec, bool) or not isinstance(num_noise_vec, int) or num_noise_vec < 1:
@@ -49,6 +49,9 @@ def check_settings(*, sigma, num_noise_vec, lbd, beta, gamma) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
         if not ok or (low == "> 0" and value == 0):
             raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {low}")
+    if isinstance(deferred_epochs, bool) or not isinstance(deferred_epochs, int) or deferred_epochs < 0:
+        raise ValueError(f"deferred_epochs={deferred_epochs!r} is not allowed; it must be an integer >= 0 (epochs "
+                         "trained with lambda = 0 first)")
 
 
 def macer_terms(logits: jax.Array, labels: jax.Array, *, sigma: float, beta: float, gamma: float) -> dict:
@@ -93,7 +96,7 @@ def macer_objective(logits: jax.Array, labels: jax.Array, *, sigma: float, lbd: 
 
 
 def macer_loss(model: nn.Module, *, sigma: float, num_noise_vec: int = 16, lbd: float = 12.0, beta: float = 16.0,
-               gamma: float = 8.0) -> Callable:
+               gamma: float = 8.0, deferred_epochs: int = 0) -> Callable:
     """The MACER training loss for ``model`` (module docstring: equations and published defaults).
 
     Args:
@@ -103,22 +106,32 @@ def macer_loss(model: nn.Module, *, sigma: float, num_noise_vec: int = 16, lbd: 
       lbd: lambda, the weight of the robustness (radius hinge) term.
       beta: inverse temperature of the softmax in the robustness term (> 0).
       gamma: hinge threshold on the gap of normal quantiles (> 0).
+      deferred_epochs: train the first ``deferred_epochs`` epochs (``batch["epoch"]``, added by the training loop)
+        with lambda = 0, i.e. on the soft smoothed classifier's cross-entropy alone, then with ``lbd``: Jeong & Shin's
+        ``--deferred`` MACER baseline (their logs' ``macer_deferred30``: lambda 0 for 30 of 90 epochs), for models
+        that the robustness term derails from scratch. 0 = the paper's MACER; without ``epoch`` in the batch, ``lbd``
+        throughout.
 
     Returns:
       ``loss_fn(params, model_state, batch, key) -> (loss, (new_model_state, metrics))`` (the contract of
       ``smoothjax.training``); ``batch`` holds ``image`` (B, H, W, C) and ``label`` (B,). The noise of a call is
       ``noisy_logits.noisy_train_logits``'s from ``key``; batch norm sees the B*k noisy rows. Metrics: ``loss``,
-      ``classification``, ``robustness``, ``soft_radius``, ``in_hinge`` and ``accuracy`` (argmax of the soft
-      smoothed classifier g).
+      ``classification``, ``robustness``, ``soft_radius``, ``in_hinge``, ``accuracy`` (argmax of the soft
+      smoothed classifier g) and ``lbd`` (the lambda of this step).
     """
-    check_settings(sigma=sigma, num_noise_vec=num_noise_vec, lbd=lbd, beta=beta, gamma=gamma)
+    check_settings(sigma=sigma, num_noise_vec=num_noise_vec, lbd=lbd, beta=beta, gamma=gamma,
+                   deferred_epochs=deferred_epochs)
     sigma, k = float(sigma), int(num_noise_vec)
     lbd, beta, gamma = float(lbd), float(beta), float(gamma)
 
     def loss_fn(params, model_state, batch, key):
         logits, new_state = noisy_train_logits(model, params, model_state, batch["image"], key, sigma=sigma,
                                                num_copies=k)
-        metrics = macer_objective(logits, batch["label"], sigma=sigma, lbd=lbd, beta=beta, gamma=gamma)
+        lbd_now = jnp.float32(lbd)
+        if deferred_epochs and "epoch" in batch:
+            lbd_now = jnp.where(batch["epoch"] >= deferred_epochs, lbd_now, 0.0)
+        metrics = macer_objective(logits, batch["label"], sigma=sigma, lbd=lbd_now, beta=beta, gamma=gamma)
+        metrics["lbd"] = lbd_now
         metrics["accuracy"] = jnp.mean(jnp.argmax(mean_softmax(logits), -1) == batch["label"])
         return metrics["loss"], (new_state, metrics)
 
@@ -126,7 +139,7 @@ def macer_loss(model: nn.Module, *, sigma: float, num_noise_vec: int = 16, lbd: 
 
 
 def loss_from_config(model: nn.Module, config) -> Callable:
-    """``macer_loss`` with ``config.sigma`` and ``config.macer`` (``num_noise_vec``, ``lbd``, ``beta``, ``gamma``;
-    defaults in ``configs/common.py``): the factory registered as ``config.loss = 'macer'`` in
+    """``macer_loss`` with ``config.sigma`` and ``config.macer`` (``num_noise_vec``, ``lbd``, ``beta``, ``gamma``,
+    ``deferred_epochs``; defaults in ``configs/common.py``): the factory registered as ``config.loss = 'macer'`` in
     ``smoothjax.jobs.train.LOSSES``."""
     return macer_loss(model, sigma=config.sigma, **config.macer)
