@@ -51,7 +51,8 @@ def main(argv):
                       "certified_accuracy": dict(zip(map(str, RADII), map(float, analysis.certified_accuracy(log,
                                                                                                           RADII)))),
                       "train_seconds": round(train_s, 1), "certify_seconds": round(certify_s, 1),
-                      "clean_accuracy": final.get("clean_accuracy"), "noisy_accuracy": final.get("noisy_accuracy")}
+                      "clean_accuracy": final.get("eval_clean_accuracy"),
+                      "noisy_accuracy": final.get("eval_noisy_accuracy")}
         r = rows[loss]
         print(f"{loss}: ACR {r['acr']:.3f} on {r['images']} images; certified accuracy at r = "
               f"{' / '.join(map(str, RADII))}: {' / '.join(f'{v:.3f}' for v in r['certified_accuracy'].values())}; "
