@@ -29,8 +29,8 @@ protocol (every 20th test image, n = 10,000)::
 
 Cost estimate: a step sees 256 rows of 32x32x3 like one Gaussian step of batch 256, which runs at about 250 images/s
 on this machine's 2 cores (benchmarks/results/train_throughput.json, results/cifar10/resnet20_gaussian_s0.25), so
-about 1 s per step and 40-45 minutes for 2,400 steps when the machine is otherwise idle (the timing of 5 steps of
-each loss: docs/training.md).
+about 1 s per step and 40-45 minutes for 2,400 steps when the machine is otherwise idle (docs/training.md, cost per
+step).
 """
 
 from configs import cifar10, cifar10_cpu

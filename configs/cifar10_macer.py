@@ -27,8 +27,7 @@ protocol (every 20th test image, n = 10,000)::
 
 Cost estimate: a step sees 1,024 rows of 32x32x3, four Gaussian steps of batch 256 at about 250 images/s on this
 machine's 2 cores (benchmarks/results/train_throughput.json, results/cifar10/resnet20_gaussian_s0.25), so about 4 s
-per step and 55 minutes for 800 steps when the machine is otherwise idle (the timing of 5 steps of each loss:
-docs/training.md).
+per step and 55 minutes for 800 steps when the machine is otherwise idle (docs/training.md, cost per step).
 """
 
 from configs import cifar10, cifar10_cpu
