@@ -27,7 +27,11 @@ def run(loss: str, out_path: str, batch: int = 16) -> None:
     step_fn = jax.jit(training.make_train_step(loss_fn, tx), in_shardings=(repl, parallel.batch_sharding(mesh), repl),
                       out_shardings=(repl, repl))
     loader = data.Loader(src, global_batch_size=batch, seed=0, process_index=0, process_count=1)
-    state, metrics = step_fn(state, parallel.to_global(loader.local_batch(0), mesh), jax.random.key(1))
+    batch = loader.local_batch(0)
+    if loss == "macer":  # the initial model's own predictions as labels: images in MACER's hinge from the first step
+        batch["label"] = np.asarray(jax.numpy.argmax(model.apply(state.variables, batch["image"], train=False), -1),
+                                    np.int32)
+    state, metrics = step_fn(state, parallel.to_global(batch, mesh), jax.random.key(1))
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.variables)}
     extra = {"in_hinge": float(metrics["in_hinge"])} if loss == "macer" else {}
     np.savez(out_path, devices=len(jax.devices()), loss=float(metrics["loss"]), **extra, **flat)
