@@ -216,7 +216,7 @@ def test_train_py_end_to_end_on_digits(loss, extra, tmp_path):
         assert steps[0]["lbd"] == 0 and steps[1]["lbd"] > 0
     else:
         assert steps[-1]["loss"] < steps[0]["loss"]  # 40 steps of SGD on digits lower the loss
-    # A tenth is chance; the model learnt the digits (MACER's lambda 12 after one epoch slows it down).
+    # A tenth is chance; the model learnt the digits (MACER: its robustness term from step 22 slows it down).
     assert records[-1]["eval_clean_accuracy"] > (0.5 if loss == "consistency" else 0.25)
 
 
