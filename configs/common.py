@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_classes = 0  # 0 = from the data source
     # Randomized smoothing: noise level in pixel units (images in [0, 1]).
     c.sigma = 0.25
-    c.loss = "gaussian"  # gaussian | smoothadv | siam (smoothjax.jobs.train.LOSSES)
+    c.loss = "gaussian"  # gaussian | smoothadv | siam | consistency | macer (smoothjax.jobs.train.LOSSES)
     # SmoothAdv (loss='smoothadv', Salman et al. 2019): attack the soft smoothed classifier, train on x_adv + noise.
     c.smoothadv = ml_collections.ConfigDict({
         "attack": "pgd",  # none | pgd | ddn
@@ -42,6 +42,15 @@ def base_config() -> ml_collections.ConfigDict:
         "adv_weight": 0.5,  # loss = adv_weight * CE(x_adv) + (1 - adv_weight) * CE(x)
         "pass_loop": "auto",  # auto | vmap | scan: how EPGD's passes run
         "eval_num_samples": 8, "eval_mode": "vote"})
+    # Consistency (loss='consistency', Jeong & Shin 2020): CE on m noisy copies + lbd * mean KL(mean prediction || copy)
+    # + eta * entropy(mean prediction). Published: m = 2, eta = 0.5, lbd = 10 (CIFAR-10 logs) or 20 (MNIST).
+    c.consistency = ml_collections.ConfigDict({"num_noise_vec": 2, "lbd": 10.0, "eta": 0.5})
+    # MACER (loss='macer', Zhai et al. 2020): CE of the soft smoothed classifier over k draws + lbd * hinge on its
+    # certified radius (inverse temperature beta, hinge gamma). Published: k = 16, beta = 16, gamma = 8, lbd = 12
+    # (CIFAR-10, sigma 0.25 / 0.5) or 4 (sigma 1.0).
+    # deferred_epochs: lambda = 0 for the first epochs (Jeong & Shin's --deferred MACER baseline; 0 = the paper's).
+    c.macer = ml_collections.ConfigDict({"num_noise_vec": 16, "lbd": 12.0, "beta": 16.0, "gamma": 8.0,
+                                         "deferred_epochs": 0})
     # Fine-tuning: a trained run's workdir to start from (new classifier head when the class count differs).
     c.init_from = ""
     # Self-training: a teacher run's workdir pseudo-labels self_training_dataset; its batches alternate with
@@ -105,3 +114,18 @@ def base_config() -> ml_collections.ConfigDict:
         "pass_loop": "auto",  # EPGD's passes: auto (scan on CPU) | vmap | scan
         "seed": 0, "out": ""})  # out '' = <workdir>/robustness
     return c
+
+
+def parse_args(arg: str, types: dict) -> dict:
+    """Parses a config argument ``key=value,key=value`` whose keys and value types are ``types`` (e.g. ``{"sigma":
+    float}``); raises a one-line ValueError naming the part that is not allowed."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"config argument {part!r} is not allowed; keys: {', '.join(types)}")
+        try:
+            out[key] = types[key](value)
+        except ValueError:
+            raise ValueError(f"config argument {part!r} is not allowed; {key} needs a {types[key].__name__}") from None
+    return out

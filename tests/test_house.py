@@ -84,7 +84,8 @@ def test_at_most_ten_top_level_modules_beside_at_least_five_subpackages():
 # above everything, so that nothing in the library depends on them.
 CORE = ("smoothjax.noise", "smoothjax.training", "smoothjax.parallel", "smoothjax.checkpointing", "smoothjax.models",
         "smoothjax.data", "smoothjax.analysis")
-METHODS = ("smoothjax.certification", "smoothjax.smoothadv", "smoothjax.siam", "smoothjax.torch_import")
+METHODS = ("smoothjax.certification", "smoothjax.smoothadv", "smoothjax.siam", "smoothjax.torch_import",
+           "smoothjax.certified_training")
 OLD_PATHS = ("smoothjax.sequential", "smoothjax.attacks", "smoothjax.smoothing", "smoothjax.robustness_eval")
 
 

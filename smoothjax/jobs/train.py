@@ -4,7 +4,7 @@
 pipeline, model and a jitted data-parallel train step over all devices of all processes, resumes from the
 newest checkpoint in ``workdir`` if there is one, trains, evaluates clean and noisy accuracy, and returns the
 final metrics. The loss is chosen by ``config.loss`` from ``LOSSES``, the one registry of training losses: a new
-loss (e.g. Consistency or MACER) is a ``loss_from_config(model, config)`` in its own module plus one line there, not a
+loss (as Consistency or MACER) is a ``loss_from_config(model, config)`` in its own module plus one line there, not a
 copy of this loop; each step's batch also carries ``epoch`` (an int32 scalar, for schedules such as SmoothAdv's
 epsilon warm-up). Options: ``init_from`` (a trained run's workdir: fine-tune from its newest checkpoint, new
 classifier head when the class count differs; ``smoothadv.finetuning``) and ``self_training_teacher`` (alternate
@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from smoothjax import checkpointing, data, parallel, siam, smoothadv, training
+from smoothjax import certified_training, checkpointing, data, parallel, siam, smoothadv, training
 from smoothjax.jobs.reporting import Reporter
 from smoothjax.models import get_model
 from smoothjax.noise import check_sigma
@@ -38,6 +38,8 @@ LOSSES: dict[str, Callable] = {
     "gaussian": lambda model, config: training.gaussian_augmentation_loss(model, config.sigma),
     "smoothadv": smoothadv.loss_from_config,
     "siam": siam.loss_from_config,
+    "consistency": certified_training.consistency.loss_from_config,
+    "macer": certified_training.macer.loss_from_config,
 }
 
 
