@@ -84,7 +84,7 @@ def chunk_counts(key, i, x, apply_fn, variables, sigma, chunk, num, num_classes,
     """Class counts (K,) of draws ``i * chunk ... i * chunk + chunk - 1`` of image x's stream (key); draws >= num
     are masked. Draw j of the stream is the same whatever ``num``, so streams of different lengths share prefixes."""
     noisy = (sound_noise.sound_noisy_copies(key, x, i * chunk, chunk, sigma) if sound
-             else x[None] + gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma, x.dtype))
+             else x.astype(jnp.float32)[None] + gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma))
     logits = apply_fn(variables, noisy)
     if logits.shape != (chunk, num_classes):
         raise ValueError(f"apply_fn output shape {logits.shape} is not allowed; need (batch, {num_classes})")

@@ -95,7 +95,7 @@ def smoothadv_loss(model: nn.Module, *, sigma: float, attack: str = "pgd", epsil
     def loss_fn(params, model_state, batch, key):
         x, y = batch["image"], batch["label"]
         noise_key, attack_key = jax.random.split(key)
-        noise = gaussian_noise(noise_key, (m,) + tuple(x.shape), sigma, x.dtype)
+        noise = gaussian_noise(noise_key, (m,) + tuple(x.shape), sigma)  # float32 whatever x.dtype
         eps = warmup_epsilon(epsilon, batch["epoch"], warmup) if "epoch" in batch else jnp.float32(epsilon)
         frozen = jax.lax.stop_gradient({"params": params, **model_state})
         if attack == "pgd":
