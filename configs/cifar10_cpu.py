@@ -21,11 +21,11 @@ base classifier accuracy 0.638 clean / 0.709 noisy on the JPEG test images; see 
 certified accuracies on the lossless test set.
 """
 
-from configs import cifar10
+from smoothjax.jobs.defaults import cohen_cifar10
 
 
 def get_config(arg: str = "sigma=0.25"):
-    c = cifar10.get_config(arg)  # Cohen et al.'s recipe; what follows scales it down
+    c = cohen_cifar10(arg)  # Cohen et al.'s recipe (configs/cifar10.py); what follows scales it down
     c.model = "cifar_resnet20"
     c.dataset = "image_folder"
     c.num_epochs = 20.0
@@ -36,4 +36,4 @@ def get_config(arg: str = "sigma=0.25"):
     c.certify.n = 10_000
     c.certify.skip = 20
     c.certify.batch_size = 400  # about 25 % faster than 1,000 on 2 cores
-    return c
+    return c.lock()

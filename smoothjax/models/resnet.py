@@ -7,8 +7,8 @@ a shortcut is a 1x1 convolution + batch norm whenever the shape changes (``cifar
 
 ``dtype`` is the compute dtype (bfloat16 on GPU/TPU: inputs are normalised in float32 first, logits returned in
 float32) and ``param_dtype`` the parameters' (float32); batch-norm statistics and scales stay float32 whatever the
-compute dtype. ``barrier`` and ``conv`` choose XLA:CPU workarounds (same forward values; gradients equal to float rounding): the
-fusion barrier at the end of each block (``layers.fusion_barrier``) and the convolution whose input gradient is a
+compute dtype. ``barrier`` and ``conv`` choose XLA:CPU workarounds (same forward values; gradients equal to float
+rounding): the fusion barrier at the end of each block (``layers.fusion_barrier``) and the convolution whose input gradient is a
 forward convolution (``cpu_conv.select``: ``"xla"``, ``"cpu_vjp"``; None = ``"cpu_vjp"`` on CPU only). Both are on
 by default on CPU and off elsewhere.
 """

@@ -123,6 +123,6 @@ def smoothadv_loss(model: nn.Module, *, sigma: float, attack: str = "pgd", epsil
 def loss_from_config(model: nn.Module, config) -> Callable:
     """``smoothadv_loss`` with ``config.sigma`` and the settings of ``config.smoothadv`` (``attack``, ``epsilon``,
     ``num_steps``, ``num_noise_vec``, ``train_multi_noise``, ``no_grad_attack``, ``warmup``, ``ddn_gamma``; their
-    defaults are written once, in ``configs/common.py``); the factory registered as ``config.loss = 'smoothadv'`` in
-    ``smoothjax.jobs.train.LOSSES``."""
+    defaults are written once, in ``smoothjax/jobs/defaults.py``); the factory registered as
+    ``config.loss = 'smoothadv'`` in ``smoothjax.jobs.train.LOSSES``."""
     return smoothadv_loss(model, sigma=config.sigma, **config.smoothadv)
