@@ -96,3 +96,18 @@ def test_num_classes_errors_name_the_value():
     with pytest.raises(ValueError, match="alpha=1.5"):
         smoothjax.SmoothedClassifier(linear_apply, None, sigma=0.5, num_classes=3).certify(
             jax.random.key(0), jnp.zeros((2, 4, 4, 1)), n0=1, n=1, alpha=1.5, batch_size=1)
+
+
+def test_metrics_take_a_certificate_or_arrays():
+    from smoothjax import analysis
+
+    prediction, radius = np.array([0, 1, -1, 2, 1]), np.array([0.5, 0.2, 0.0, 1.0, 0.3], np.float32)
+    labels = np.array([0, 1, 1, 0, 1])
+    cert = C.Certificate(jnp.asarray(prediction), jnp.asarray(radius), *(jnp.zeros(5),) * 3)
+    # By hand: correct and certified are images 0, 1, 4 with radii 0.5, 0.2, 0.3 (of 5 images).
+    expected = [3 / 5, 2 / 5, 1 / 5, 0.0]
+    for result in (cert, (prediction, radius)):
+        np.testing.assert_allclose(analysis.certified_accuracy(result, [0.0, 0.25, 0.4, 0.6], labels=labels), expected)
+        assert analysis.average_certified_radius(result, labels=labels) == pytest.approx((0.5 + 0.2 + 0.3) / 5)
+    with pytest.raises(ValueError, match="labels=None is not allowed"):
+        analysis.certified_accuracy(cert, [0.0])
