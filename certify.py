@@ -44,33 +44,7 @@ a check that fails on any process stops all of them with the same error. Restart
       --config.distributed.process_id=$i & done; wait
 """
 
-from absl import app
-
-from smoothjax import analysis, jobs  # neither imports JAX: it reads XLA_FLAGS once the flags are parsed
-
-_CONFIG, _WORKDIR = jobs.define_flags("Training run directory to certify.")
-
-
-def main(argv):
-    path = jobs.run("certify", argv, _CONFIG.value, _WORKDIR.value)
-    import jax
-
-    if jax.process_index() != 0:  # process 0 wrote the log and reports it
-        return
-    log, settings = analysis.read_log(path), analysis.read_settings(path)  # what was run: the sidecar, not the name
-    if log.is_certification:
-        label = f"&sigma; = {analysis.format_sigma(settings['sigma'])}"
-        print(analysis.markdown_table([log], [label], analysis.default_radii([log]), acr=True))
-        print(f"{len(log)} images; certified accuracy at radius 0: {analysis.certified_accuracy(log, [0.0])[0]:.3f}, "
-              f"average certified radius (ACR): {analysis.average_certified_radius(log):.3f}")
-        if (samples := analysis.samples_summary(log)) is not None:  # sequential mode
-            print(analysis.format_samples_summary(samples))
-    else:
-        summary = analysis.prediction_summary(log)
-        print(f"{summary.n} images; accuracy {summary.accuracy:.3f}, abstention rate {summary.abstention_rate:.3f}")
-        if settings.get("attack", "none") != "none":
-            print(f"empirical robust accuracy at radius {settings['epsilon']} ({settings['attack']}): "
-                  f"{summary.accuracy:.3f}")
+from smoothjax.jobs import console  # imports no JAX before the flags are parsed
 
 if __name__ == "__main__":
-    app.run(main)
+    console.certify()

@@ -7,19 +7,7 @@ Any config field can be overridden with --config.<field>=<value>. Killed and res
 run resumes from its newest checkpoint in --workdir and ends exactly where an uninterrupted run would.
 """
 
-from absl import app
-
-from smoothjax import jobs
-
-_CONFIG, _WORKDIR = jobs.define_flags("Directory for checkpoints, metrics and logs.")
-
-
-def main(argv):
-    results = jobs.run("train", argv, _CONFIG.value, _WORKDIR.value)
-    if "clean_accuracy" in results:
-        print(f"final (step {results['step']}): clean accuracy {results['clean_accuracy']:.4f}, noisy accuracy "
-              f"(sigma={_CONFIG.value.sigma}) {results['noisy_accuracy']:.4f}", flush=True)
-
+from smoothjax.jobs import console  # imports no JAX before the flags are parsed
 
 if __name__ == "__main__":
-    app.run(main)
+    console.train()

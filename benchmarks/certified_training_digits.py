@@ -4,7 +4,7 @@
     python benchmarks/certified_training_digits.py --losses=macer --runs=runs/ct_digits
 
 For each loss: ``train.py --config=configs/digits.py --config.sigma=0.5 --config.loss=<loss>`` (the default digits
-schedule and seed: 660 steps of batch 64; each loss's default options, configs/common.py) and then
+schedule and seed: 660 steps of batch 64; each loss's default options, smoothjax/jobs/defaults.py) and then
 ``certify.py`` on every 2nd test image (180 of 360) with n = 2,000 (n0 = 100, alpha = 0.001). Prints and writes
 (``results/certified_training_digits.json``) each run's average certified radius (ACR), certified accuracy on the
 radius grid, training seconds and the final clean / noisy accuracy, and whether every method's ACR is above

@@ -6,7 +6,7 @@
 
 The step is the library's (``training.make_train_step`` with ``gaussian_augmentation_loss``, sigma 0.25, SGD
 momentum 0.9, weight decay 1e-4; ``--loss`` picks another loss of ``smoothjax.jobs.train.LOSSES`` with its default
-options from configs/common.py, e.g. ``macer``: 16 noisy rows per image, img/s counts images, not rows), jitted
+options from smoothjax/jobs/defaults.py, e.g. ``macer``: 16 noisy rows per image, img/s counts images, not rows), jitted
 over a 1-D ``data`` mesh of every device with the state donated, exactly as ``smoothjax.jobs.train`` runs it, on
 random 32x32x3 images; compilation and a warm-up step are excluded. PyTorch's step on the same machine, and what
 limits XLA:CPU here: docs/performance.md (``benchmarks/cpu_vs_torch.py``).

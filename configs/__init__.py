@@ -1,1 +1,3 @@
-"""Experiment configs (ml_collections): ``python train.py --config=configs/<name>.py[:args]``; defaults in common.py."""
+"""Experiment configs (ml_collections): ``python train.py --config=configs/<name>.py[:args]``.
+
+Defaults live in the package (smoothjax/jobs/defaults.py), so each file loads by path from any directory."""

@@ -14,24 +14,10 @@ set): certified accuracy at radius 0.25 / 0.5 / 0.75 / 1.0 of about 0.60 / 0.43 
 0.55 / 0.41 / 0.32 / 0.23 for sigma=0.50, and clean (noisy) top-1 accuracy of the base model around 0.8.
 """
 
-from configs.common import base_config
+from smoothjax.jobs.defaults import cohen_cifar10, parse_sigma
+
+_parse = parse_sigma  # the name configs/imagenet.py used before the defaults moved into the package
 
 
 def get_config(arg: str = "sigma=0.25"):
-    c = base_config()
-    c.model = "cifar_resnet110"
-    c.dataset = "cifar10"
-    c.dataset_stats = "cifar10"
-    c.augment = "cifar"
-    c.sigma = _parse(arg).get("sigma", 0.25)
-    return c
-
-
-def _parse(arg: str) -> dict:
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or key != "sigma":
-            raise ValueError(f"config argument {part!r} is not allowed; use sigma=<float>, e.g. cifar10.py:sigma=0.5")
-        out[key] = float(value)
-    return out
+    return cohen_cifar10(arg).lock()

@@ -33,8 +33,7 @@ about 1 s per step and 40-45 minutes for 2,400 steps when the machine is otherwi
 step).
 """
 
-from configs import cifar10, cifar10_cpu
-from configs.common import parse_args
+from smoothjax.jobs.defaults import cohen_cifar10, cpu_cifar10, parse_args
 
 GAUSSIAN_RUN = "results/cifar10/resnet20_gaussian_s{sigma:.2f}"  # configs/cifar10_cpu.py's workdir per sigma
 
@@ -42,7 +41,7 @@ GAUSSIAN_RUN = "results/cifar10/resnet20_gaussian_s{sigma:.2f}"  # configs/cifar
 def get_config(arg: str = "sigma=0.25"):
     args = parse_args(arg, {"sigma": float, "lbd": float, "m": int, "cpu": int})
     sigma = args.get("sigma", 0.25)
-    c = (cifar10_cpu if args.get("cpu") else cifar10).get_config(f"sigma={sigma}")  # ResNet-20 / ResNet-110 recipe
+    c = (cpu_cifar10 if args.get("cpu") else cohen_cifar10)(f"sigma={sigma}")  # ResNet-20 / ResNet-110 recipe
     c.loss = "consistency"
     c.consistency.lbd = args.get("lbd", 10.0)
     c.consistency.num_noise_vec = args.get("m", 2)
@@ -54,9 +53,9 @@ def get_config(arg: str = "sigma=0.25"):
         c.learning_rate = 0.01
         c.lr_schedule = "cosine"
         c.log_every_steps = 100
-        return c
+        return c.lock()
     c.num_epochs = 150.0
     c.lr_step_epochs = 50
     c.certify.skip = 20
     c.certify.batch_size = 400
-    return c
+    return c.lock()

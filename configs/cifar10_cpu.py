@@ -23,19 +23,8 @@ test images 0.72 / 0.55 / 0.37 / 0.19 / 0.00 at r = 0 / 0.25 / 0.5 / 0.75 / 1.0,
 ResNet-110, 90 epochs, n = 100,000: 0.75 / 0.60 / 0.43 / 0.27 / 0.00, ACR 0.429).
 """
 
-from configs import cifar10
+from smoothjax.jobs.defaults import cpu_cifar10
 
 
 def get_config(arg: str = "sigma=0.25"):
-    c = cifar10.get_config(arg)  # Cohen et al.'s recipe; what follows scales it down
-    c.model = "cifar_resnet20"
-    c.dataset = "image_folder"
-    c.num_epochs = 20.0
-    c.lr_schedule = "cosine"
-    c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 1
-    c.log_every_steps = 195  # once an epoch
-    c.certify.n = 10_000
-    c.certify.skip = 20
-    c.certify.batch_size = 400  # about 25 % faster than 1,000 on 2 cores
-    return c
+    return cpu_cifar10(arg).lock()  # Cohen et al.'s recipe scaled down: smoothjax/jobs/defaults.py

@@ -30,8 +30,7 @@ machine's 2 cores (benchmarks/results/train_throughput.json, results/cifar10/res
 per step and 55 minutes for 800 steps when the machine is otherwise idle (docs/training.md, cost per step).
 """
 
-from configs import cifar10, cifar10_cpu
-from configs.common import parse_args
+from smoothjax.jobs.defaults import cohen_cifar10, cpu_cifar10, parse_args
 
 GAUSSIAN_RUN = "results/cifar10/resnet20_gaussian_s{sigma:.2f}"  # configs/cifar10_cpu.py's workdir per sigma
 PAPER_LAMBDA = {0.25: 12.0, 0.5: 12.0, 1.0: 4.0}
@@ -40,7 +39,7 @@ PAPER_LAMBDA = {0.25: 12.0, 0.5: 12.0, 1.0: 4.0}
 def get_config(arg: str = "sigma=0.25"):
     args = parse_args(arg, {"sigma": float, "lbd": float, "k": int, "cpu": int})
     sigma = args.get("sigma", 0.25)
-    c = (cifar10_cpu if args.get("cpu") else cifar10).get_config(f"sigma={sigma}")  # ResNet-20 / ResNet-110 recipe
+    c = (cpu_cifar10 if args.get("cpu") else cohen_cifar10)(f"sigma={sigma}")  # ResNet-20 / ResNet-110 recipe
     c.loss = "macer"
     c.macer.lbd = args.get("lbd", PAPER_LAMBDA.get(sigma, 12.0))
     c.macer.num_noise_vec = args.get("k", 16)
@@ -54,11 +53,11 @@ def get_config(arg: str = "sigma=0.25"):
         c.lr_schedule = "cosine"
         c.log_every_steps = 50
         c.checkpoint_every_steps = 100
-        return c
+        return c.lock()
     c.num_epochs = 440.0
     c.weight_decay = 5e-4
     c.lr_schedule = "multistep"
     c.lr_milestones = (200, 400)
     c.certify.skip = 20
     c.certify.batch_size = 400
-    return c
+    return c.lock()

@@ -40,44 +40,9 @@ Single models: e.g. PGD, T=10, m=4 multi, eps=64/256, sigma=0.12 is the best at 
 m=8 multi, eps=512/256, sigma=0.50 at radius 1.0 (0.376).
 """
 
-from configs.common import base_config
+from smoothjax.jobs.defaults import apply_smoothadv, base_config, parse_smoothadv as parse
 
-_FLOAT = ("sigma", "eps", "eps256", "weight")
-_INT = ("steps", "m", "multi", "nograd", "warmup", "pretrain32")
-_STR = ("attack", "finetune", "teacher", "unlabelled")
-
-
-def parse(arg: str) -> dict:
-    """Parses ``key=value,key=value`` (keys above); raises a one-line ValueError naming a bad part."""
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or key not in _FLOAT + _INT + _STR:
-            raise ValueError(f"config argument {part!r} is not allowed; keys: {', '.join(_FLOAT + _INT + _STR)}")
-        try:
-            out[key] = float(value) if key in _FLOAT else int(value) if key in _INT else value
-        except ValueError:
-            raise ValueError(f"config argument {part!r} is not allowed; {key} needs a number") from None
-    if "eps" in out and "eps256" in out:
-        raise ValueError("config arguments eps and eps256 are exclusive; eps is in pixel units, eps256=N means N/256")
-    return out
-
-
-def apply_smoothadv(c, args: dict, *, default_warmup: int) -> None:
-    """Sets ``c.loss``, ``c.sigma`` and the SmoothAdv fields ``c.smoothadv`` of config ``c`` from parsed arguments."""
-    c.loss = "smoothadv"
-    c.normalization = "mean"  # the reference's InputCenterLayer: x - mean, no division
-    c.sigma = args.get("sigma", c.sigma)
-    s = c.smoothadv  # defaults: configs/common.py
-    s.attack = args.get("attack", s.attack)
-    s.epsilon = args["eps256"] / 256.0 if "eps256" in args else args.get("eps", s.epsilon)
-    s.num_steps = args.get("steps", s.num_steps)
-    s.num_noise_vec = args.get("m", s.num_noise_vec)
-    s.train_multi_noise = bool(args.get("multi", s.train_multi_noise))
-    s.no_grad_attack = bool(args.get("nograd", s.no_grad_attack))
-    s.warmup = args.get("warmup", default_warmup)
-    if s.train_multi_noise:
-        c.batch_size = max(1, c.batch_size // s.num_noise_vec)
+__all__ = ["apply_smoothadv", "get_config", "parse"]
 
 
 def get_config(arg: str = ""):
@@ -103,4 +68,4 @@ def get_config(arg: str = ""):
         c.self_training_weight = args.get("weight", 1.0)
     c.certify.skip = 20
     c.certify.batch_size = 400
-    return c
+    return c.lock()

@@ -6,7 +6,7 @@ Trains in under a minute on 2 CPU cores (660 steps); expected at the end, on the
 accuracy about 0.99 and noisy accuracy (one draw of N(0, 0.25^2) per image) about 0.98.
 """
 
-from configs.common import base_config
+from smoothjax.jobs.defaults import base_config
 
 
 def get_config():
@@ -36,4 +36,4 @@ def get_config():
     c.certify.n = 10_000
     c.certify.batch_size = 250
     c.certify.images_per_step = 8
-    return c
+    return c.lock()

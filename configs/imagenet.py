@@ -11,8 +11,7 @@ Expected (Cohen et al. 2019, n=100,000, alpha=0.001, 500 test images): certified
 0.38 / 0.33 / 0.26 / 0.19 / 0.15 / 0.12 for sigma=1.00.
 """
 
-from configs.cifar10 import _parse
-from configs.common import base_config
+from smoothjax.jobs.defaults import base_config, parse_sigma
 
 
 def get_config(arg: str = "sigma=0.25"):
@@ -22,7 +21,7 @@ def get_config(arg: str = "sigma=0.25"):
     c.dataset_stats = "imagenet"
     c.eval_split = "validation"
     c.augment = "imagenet"
-    c.sigma = _parse(arg).get("sigma", 0.25)
+    c.sigma = parse_sigma(arg).get("sigma", 0.25)
     c.eval_batch_size = 400
     c.checkpoint_every_steps = 2000
-    return c
+    return c.lock()

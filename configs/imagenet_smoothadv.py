@@ -28,8 +28,7 @@ radius, the repository's analysis/latex/our_imagenet_certified_outer_envelop) at
 eps 512/256, sigma 1.00 gives 0.269 at radius 2.0.
 """
 
-from configs.cifar10_smoothadv import apply_smoothadv, parse
-from configs.common import base_config
+from smoothjax.jobs.defaults import apply_smoothadv, base_config, parse_smoothadv as parse
 
 
 def get_config(arg: str = ""):
@@ -60,4 +59,4 @@ def get_config(arg: str = ""):
     c.certify.split = "validation"
     c.certify.skip = 100
     c.certify.batch_size = 400
-    return c
+    return c.lock()

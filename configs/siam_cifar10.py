@@ -29,45 +29,10 @@ Expected (paper, CIFAR-10, ResNet-20, eps = 8/255): white-box PGD accuracy of th
 pass by several points. Numbers are the paper's, not reproduced here (CPU only).
 """
 
-import ml_collections
+from smoothjax.jobs.defaults import NOISE_SD_REF, REFERENCE_STD, siam_config
 
-from configs.common import base_config
-
-REFERENCE_STD = (0.247, 0.243, 0.262)  # the reference's Normalize std (both datasets)
-NOISE_SD_REF = 0.25  # the reference's --noise_sd (normalised units)
-
-
-def siam_config(dataset: str, arg: str, std=REFERENCE_STD) -> ml_collections.ConfigDict:
-    opts = dict(part.split("=", 1) for part in filter(None, (arg or "").split(",")))
-    allowed = {"noise": ("pni", "cpni"), "attack": ("pgd", "epgd"), "width": None}
-    for k, v in opts.items():
-        if k not in allowed or (allowed[k] and v not in allowed[k]):
-            raise ValueError(f"config argument {k}={v!r} is not allowed; use noise=pni|cpni, attack=pgd|epgd, "
-                             "width=<int>")
-    c = base_config()
-    c.model = f"cifar_resnet20_{opts.get('noise', 'cpni')}"
-    c.model_kwargs = ml_collections.ConfigDict({"noise_sd": tuple(NOISE_SD_REF * s for s in std),
-                                                "width": int(opts.get("width", 1))})
-    c.dataset = dataset
-    c.dataset_stats = dataset
-    c.augment = "cifar"
-    c.sigma = 0.0  # the loop's "noisy accuracy" adds no extra noise: the model carries its own
-    c.loss = "siam"
-    c.siam.m_train = 8 if opts.get("attack") == "epgd" else 1  # the rest of config.siam: configs/common.py
-    c.batch_size = 256
-    c.num_epochs = 400.0
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    c.lr_schedule = "multistep"
-    c.lr_milestones = (200, 300)
-    c.lr_decay = 0.1
-    c.grad_clip_norm = 0.05
-    c.keep_best_by = "clean_accuracy"  # smoothed clean accuracy (siam.eval_apply_fn)
-    c.eval_every_steps = 196 * 5  # every 5 epochs (196 steps/epoch at batch 256)
-    return c
+__all__ = ["NOISE_SD_REF", "REFERENCE_STD", "get_config", "siam_config"]
 
 
 def get_config(arg: str = "noise=cpni"):
-    return siam_config("cifar10", arg)
+    return siam_config("cifar10", arg).lock()

@@ -12,8 +12,8 @@ Expected (paper, CIFAR-100, ResNet-20, eps = 8/255): PGD accuracy of the smoothe
 (%), above the PNI baseline; clean accuracy around 55 %. Numbers are the paper's, not reproduced here.
 """
 
-from configs.siam_cifar10 import siam_config
+from smoothjax.jobs.defaults import siam_config
 
 
 def get_config(arg: str = "noise=cpni"):
-    return siam_config("cifar100", arg)
+    return siam_config("cifar100", arg).lock()

@@ -55,14 +55,18 @@ def gaussian_noise(key: jax.Array, shape, sigma: float, dtype=jnp.float32) -> ja
 
 
 def add_gaussian_noise(key: jax.Array, images: jax.Array, sigma: float) -> jax.Array:
-    """Returns ``images + N(0, sigma^2 I)`` (same shape and dtype), without clipping.
+    """Returns ``images + N(0, sigma^2 I)`` in float32 (same shape), without clipping.
+
+    The noise is drawn and added in float32 whatever the image dtype (bfloat16 noise would take about 128 distinct
+    values per octave, not a Gaussian); the model casts to its compute dtype inside. Float32 images give the noise
+    they always did; bfloat16 images give exactly the float32 result of the same (widened) images.
 
     Args:
       key: PRNG key.
-      images: any shape, typically (B, H, W, C) in [0, 1].
+      images: any shape, typically (B, H, W, C) in [0, 1], any float dtype.
       sigma: noise standard deviation in pixel units.
     """
-    return images + gaussian_noise(key, images.shape, sigma, images.dtype)
+    return images.astype(jnp.float32) + gaussian_noise(key, images.shape, sigma, jnp.float32)
 
 
 def noisy_copies(key: jax.Array, images: jax.Array, sigma: float, num_copies: int) -> jax.Array:
@@ -75,10 +79,11 @@ def noisy_copies(key: jax.Array, images: jax.Array, sigma: float, num_copies: in
       num_copies: m >= 1, the number of noise draws per image (a Python int).
 
     Returns:
-      (m, B, H, W, C): ``out[j, b] = images[b] + sigma * z[j, b]`` with all z i.i.d. N(0, I). The leading
-      axis is the noise axis, ready for ``jax.vmap`` over noise draws (multi-noise attacks, SmoothAdv).
+      (m, B, H, W, C) float32: ``out[j, b] = images[b] + sigma * z[j, b]`` with all z i.i.d. N(0, I), drawn and
+      added in float32 whatever the image dtype (as ``add_gaussian_noise``). The leading axis is the noise axis,
+      ready for ``jax.vmap`` over noise draws (multi-noise attacks, SmoothAdv).
     """
     if int(num_copies) != num_copies or num_copies < 1:
         raise ValueError(f"num_copies={num_copies!r} is not allowed; it must be an integer >= 1")
-    noise = gaussian_noise(key, (int(num_copies),) + tuple(images.shape), sigma, images.dtype)
-    return images[None] + noise
+    noise = gaussian_noise(key, (int(num_copies),) + tuple(images.shape), sigma, jnp.float32)
+    return images.astype(jnp.float32)[None] + noise

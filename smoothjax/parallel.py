@@ -68,6 +68,52 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def batch_axis(x):
+    """``(mesh, axis)`` when the leading (batch) axis of ``x`` is sharded over a mesh axis, else ``(None, None)``.
+
+    Read from the type of a traced value under an Explicit mesh (``jax.make_mesh``'s default) and from the
+    ``NamedSharding`` of a concrete array under any mesh; a traced value under Auto axes carries no sharding, so it
+    gives ``(None, None)`` (XLA then partitions by itself).
+    """
+    candidates = []
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        candidates.append(x.sharding)
+    try:
+        candidates.append(jax.typeof(x).sharding)
+    except (AttributeError, TypeError):
+        pass
+    for sharding in candidates:
+        spec = getattr(sharding, "spec", None)
+        if spec and spec[0] is not None and not getattr(sharding.mesh, "empty", True):
+            return sharding.mesh, spec[0]
+    return None, None
+
+
+def per_shard(fn, x, *batched, replicated=(), where=None):
+    """``fn(*batched, *replicated)`` run on each device's rows when ``x``'s batch axis is sharded (``batch_axis``),
+    else called once on the whole batch.
+
+    For functions whose row i depends only on row i of every ``batched`` argument (per-image sampling,
+    certificates): the results are the same, the outputs stay sharded like ``x``, and nothing crosses devices (host
+    callbacks run on each device's own rows, so no gather to device 0 and no SPMD rematerialisation). ``batched``
+    arrays share x's leading axis; ``replicated`` ones (model variables) are held whole on every device. ``where``:
+    an explicit ``(mesh, axis)`` (e.g. read outside a jit from the concrete batch) instead of ``batch_axis(x)``.
+    """
+    mesh, axis = where or batch_axis(x)
+    if mesh is None or x.shape[0] % _axis_size(mesh, axis):
+        return fn(*batched, *replicated)
+    specs = (P(axis),) * len(batched) + (P(),) * len(replicated)
+    args = (*batched, *replicated)
+    if jax.sharding.AxisType.Explicit in tuple(getattr(mesh, "axis_types", ())):  # the types must match the specs
+        args = tuple(jax.tree.map(lambda a, s=s: jax.sharding.reshard(a, s), a) for a, s in zip(args, specs))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False)(*args)
+
+
+def _axis_size(mesh, axis) -> int:
+    names = axis if isinstance(axis, tuple) else (axis,)
+    return int(np.prod([mesh.shape[a] for a in names]))
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """Raises a one-line ValueError unless the global batch splits evenly over devices and processes."""
     n = mesh.devices.size

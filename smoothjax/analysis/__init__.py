@@ -18,15 +18,15 @@ from smoothjax.analysis.empirical import empirical_robust_accuracy, robustness_t
 from smoothjax.analysis.logs import (COLUMNS, REQUIRED, EvalLog, attack_name, format_row, format_sigma, header,
                                      log_name, log_sigma, parse_attack, parse_sigma, parse_time, read_log,
                                      read_settings, settings_path)
-from smoothjax.analysis.metrics import (PredictionSummary, SamplesSummary, average_certified_radius,
+from smoothjax.analysis.metrics import (PredictionSummary, SamplesSummary, as_log, average_certified_radius,
                                         certified_accuracy, certified_accuracy_matrix, envelope, prediction_summary,
                                         samples_summary)
 from smoothjax.analysis.tables import (default_radii, format_samples_summary, latex_table, markdown_table,
                                        parse_radii, plot_certified_accuracy)
 
 __all__ = [
-    "COLUMNS", "EvalLog", "PredictionSummary", "REQUIRED", "SamplesSummary", "attack_name", "average_certified_radius",
-    "certified_accuracy", "certified_accuracy_matrix", "default_radii", "empirical_robust_accuracy", "envelope",
+    "COLUMNS", "EvalLog", "PredictionSummary", "REQUIRED", "SamplesSummary", "as_log", "attack_name",
+    "average_certified_radius", "certified_accuracy", "certified_accuracy_matrix", "default_radii", "empirical_robust_accuracy", "envelope",
     "format_row", "format_samples_summary", "format_sigma", "header", "latex_table", "log_name", "log_sigma", "main",
     "markdown_table", "parse_attack", "parse_radii", "parse_sigma", "parse_time", "plot_certified_accuracy",
     "prediction_summary", "read_log", "read_settings", "robustness_table", "samples_summary", "settings_path",

@@ -1,6 +1,8 @@
 """Certified accuracy, average certified radius, prediction summaries and samples per image of parsed logs.
 
-Every function takes ``EvalLog``s (``logs.read_log``). ``samples_summary`` reads the ``samples`` column of sequential
+Every function takes ``EvalLog``s (``logs.read_log``); ``certified_accuracy`` and ``average_certified_radius`` also take
+a result in memory, a ``certification.Certificate`` (or any object with ``prediction`` and ``radius``) or a
+``(prediction, radius)`` pair of arrays, with the true ``labels`` (``as_log``). ``samples_summary`` reads the ``samples`` column of sequential
 certification logs (forward passes per image, selection ``n0`` included): CERTIFY spends ``n0 + n`` on every image,
 so the summary says how much the sequential test saved.
 """
@@ -32,6 +34,33 @@ def _as_radii(radii) -> np.ndarray:
     return r
 
 
+def as_log(result, labels=None) -> EvalLog:
+    """``result`` as an ``EvalLog``: a log is returned as it is; a certificate (``prediction`` and ``radius`` fields,
+    e.g. ``certification.Certificate``, jax or NumPy arrays of shape (B,)) or a ``(prediction, radius)`` pair needs
+    ``labels`` (B,) ints; ``prediction == -1`` is an abstention, radii are L2 in pixel units; time is 0."""
+    if isinstance(result, EvalLog):
+        if labels is not None:
+            raise ValueError(f"labels are not allowed with the log {result.path}: it holds its own")
+        return result
+    if hasattr(result, "prediction") and hasattr(result, "radius"):
+        prediction, radius = result.prediction, result.radius
+    elif isinstance(result, (tuple, list)) and len(result) == 2:
+        prediction, radius = result
+    else:
+        raise ValueError(f"{type(result).__name__} is not allowed; give an EvalLog, a Certificate or a (prediction, "
+                         "radius) pair")
+    prediction = np.asarray(prediction, np.int64).reshape(-1)
+    radius = np.asarray(radius, np.float64).reshape(-1)
+    if labels is None:
+        raise ValueError("labels=None is not allowed with a certificate; pass the true labels (B,)")
+    label = np.asarray(labels, np.int64).reshape(-1)
+    if not prediction.shape == radius.shape == label.shape:
+        raise ValueError(f"shapes {prediction.shape}, {radius.shape}, {label.shape} of prediction, radius and labels "
+                         "are not allowed; need three equal (B,)")
+    return EvalLog("<certificate>", np.arange(label.size), label, prediction, radius, prediction == label,
+                   np.zeros(label.size))
+
+
 def _certification(log: EvalLog) -> EvalLog:
     if not isinstance(log, EvalLog) or log.radius is None:
         where = log.path if isinstance(log, EvalLog) else repr(log)
@@ -45,20 +74,23 @@ def _certified_correct(log: EvalLog) -> np.ndarray:
     return log.correct & (log.predict != -1)
 
 
-def certified_accuracy(log: EvalLog, radii) -> np.ndarray:
+def certified_accuracy(log: EvalLog, radii, labels=None) -> np.ndarray:
     """Certified accuracy at each radius: shape ``(len(radii),)`` float64 in [0, 1].
+
+    ``log``: an ``EvalLog``, or a certificate / (prediction, radius) pair with its ``labels`` (``as_log``).
 
     Entry ``k`` is the fraction of ALL rows with ``correct == 1`` (and no abstention) and
     ``radius >= radii[k]`` (radii in pixel-space L2 units), as in Cohen et al. (2019)'s ``analyze.py``.
     """
-    log, r = _certification(log), _as_radii(radii)
+    log, r = _certification(as_log(log, labels)), _as_radii(radii)
     good = _certified_correct(log)
     return np.mean(good[None, :] & (log.radius[None, :] >= r[:, None]), axis=1)
 
 
-def average_certified_radius(log: EvalLog) -> float:
-    """Average certified radius (ACR): mean over all rows of ``radius`` if correct, else 0."""
-    log = _certification(log)
+def average_certified_radius(log: EvalLog, labels=None) -> float:
+    """Average certified radius (ACR): mean over all rows of ``radius`` if correct, else 0. ``log``: as in
+    ``certified_accuracy`` (a certificate needs ``labels``)."""
+    log = _certification(as_log(log, labels))
     return float(np.mean(np.where(_certified_correct(log), log.radius, 0.0)))
 
 

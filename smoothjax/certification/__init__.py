@@ -11,21 +11,24 @@ in [0, 1]); ``apply_fn(variables, images) -> logits`` is the base classifier ``f
 * ``sequential``: the same guarantee from as few draws as each image needs, stopping once a radius grid is settled,
   with the anytime-valid ``confidence_sequences`` or one ``grid_tests`` test per radius;
 * ``randomized``: CERTIFY with the randomized Clopper-Pearson bound (exact coverage, certificates depend on ``u``);
-* ``sound_noise``: noise that is exact in floating point (``sound=True`` in every function above).
+* ``sound_noise``: noise that is exact in floating point (``sound=True`` in every function above);
+* ``smoothed_classifier``: ``SmoothedClassifier``, the same CERTIFY / PREDICT / counts as jitted methods.
 
 Private modules: ``_sampling`` (the noisy class counts all of them share) and ``_host_stats`` (float64 host
 statistics, rounded to the safe side). Nothing here depends on attack code.
 """
 
 from smoothjax.certification._sampling import sample_counts
-from smoothjax.certification.cohen import (Certificate, binomial_test_pvalue, certified_radius, certify,
+from smoothjax.certification.cohen import (ABSTAIN, Certificate, binomial_test_pvalue, certified_radius, certify,
                                            certify_from_counts, lower_confidence_bound, predict, predict_from_counts)
 from smoothjax.certification.randomized import (certify_randomized, randomized_certify_from_counts,
                                                 randomized_clopper_pearson_lower)
 from smoothjax.certification.sequential import SequentialCertificate, certify_sequential
+from smoothjax.certification.smoothed_classifier import SmoothedClassifier
 
 __all__ = [
-    "Certificate", "SequentialCertificate", "binomial_test_pvalue", "certified_radius", "certify",
-    "certify_from_counts", "certify_randomized", "certify_sequential", "lower_confidence_bound", "predict",
-    "predict_from_counts", "randomized_certify_from_counts", "randomized_clopper_pearson_lower", "sample_counts",
+    "ABSTAIN", "Certificate", "SequentialCertificate", "SmoothedClassifier", "binomial_test_pvalue",
+    "certified_radius", "certify", "certify_from_counts", "certify_randomized", "certify_sequential",
+    "lower_confidence_bound", "predict", "predict_from_counts", "randomized_certify_from_counts",
+    "randomized_clopper_pearson_lower", "sample_counts",
 ]

@@ -83,8 +83,38 @@ def decide(p64, sigma: float):
     return round_down_f32(p64), radius.astype(np.float32), abstain
 
 
-def host_lower_bound(n_a, n, *, alpha):
-    return round_down_f32(lower_bound64(n_a, n, alpha))
+# ---------------------------------------------------------------------------------------- alpha as an operand
+def alpha_operand(alpha) -> tuple[jax.Array, jax.Array]:
+    """``alpha`` as the two int32 words (low, high) of its float64 bits, an operand of the host callbacks.
+
+    Passing alpha as an operand rather than baking it into the callback means a new alpha never recompiles, and the
+    words carry it exactly: a concrete alpha (Python float or array) arrives on the host as the same float64. A
+    traced alpha (float32 under the caller's jit) is widened exactly to float64 in-graph (normal float32 values;
+    zero and subnormals become 0, which the host treats as invalid). Values outside (0, 1) give NaN bounds and
+    abstentions under jit (``check_alpha`` rejects them outside it).
+    """
+    a = concrete(alpha)
+    if a is not None:
+        words = np.asarray(a, np.float64).reshape(()).reshape(1).view(np.int32)  # little-endian: low, high
+        return jnp.int32(words[0]), jnp.int32(words[1])
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(alpha, jnp.float32), jnp.uint32)
+    sign, exponent, mantissa = bits >> 31, (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    normal = (exponent != 0) & (exponent != 0xFF)
+    high = jnp.where(normal, (sign << 31) | ((exponent + (1023 - 127)) << 20) | (mantissa >> 3), 0)
+    low = jnp.where(normal, (mantissa & 7) << 29, 0)
+    to_int32 = lambda w: jax.lax.bitcast_convert_type(w.astype(jnp.uint32), jnp.int32)  # noqa: E731
+    return to_int32(low), to_int32(high)
+
+
+def alpha_of(low, high) -> np.ndarray:
+    """The float64 alpha of ``alpha_operand``'s words (elementwise); NaN where it is not in (0, 1)."""
+    words = (np.asarray(high, np.int64) & 0xFFFFFFFF) << 32 | (np.asarray(low, np.int64) & 0xFFFFFFFF)
+    alpha = np.asarray(words, np.int64).view(np.float64)
+    return np.where((alpha > 0) & (alpha < 1), alpha, np.nan)
+
+
+def host_lower_bound(n_a, n, alpha_low, alpha_high):
+    return round_down_f32(lower_bound64(n_a, n, alpha_of(alpha_low, alpha_high)))
 
 
 def host_pvalue(k, n):
@@ -95,12 +125,12 @@ def host_radius(p, *, sigma):
     return round_down_f32(sigma * scipy.stats.norm.ppf(np.asarray(p, np.float64)))
 
 
-def host_certify(n_a, n, *, alpha, sigma, slack=0.0):
-    return decide(lower_bound64(n_a, n, alpha) - slack, sigma)
+def host_certify(n_a, n, alpha_low, alpha_high, *, sigma, slack=0.0):
+    return decide(lower_bound64(n_a, n, alpha_of(alpha_low, alpha_high)) - slack, sigma)
 
 
-def host_predict_abstains(n_a, n, *, alpha):
-    return ~(pvalue64(n_a, n) <= alpha)
+def host_predict_abstains(n_a, n, alpha_low, alpha_high):
+    return ~(pvalue64(n_a, n) <= alpha_of(alpha_low, alpha_high))
 
 
 def callback(host_fn, out_dtypes, *args):

@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from smoothjax import parallel
 from smoothjax.certification import sound_noise
 from smoothjax.noise import check_sigma, gaussian_noise
 
@@ -32,6 +33,18 @@ def check_alpha(alpha) -> float:
     if not 0.0 < value < 1.0:
         raise ValueError(f"alpha={alpha!r} is not allowed; alpha must be a Python float in (0, 1)")
     return value
+
+
+def check_alpha_or_traced(alpha):
+    """``check_alpha(alpha)`` for a concrete alpha; a traced alpha is returned as it is (checked on the host: an
+    alpha outside (0, 1) gives NaN bounds and abstentions, ``_host_stats.alpha_operand``)."""
+    try:
+        float(alpha)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return alpha
+    except (TypeError, ValueError):
+        pass
+    return check_alpha(alpha)
 
 
 def check_positive_sigma(sigma) -> float:
@@ -84,7 +97,7 @@ def chunk_counts(key, i, x, apply_fn, variables, sigma, chunk, num, num_classes,
     """Class counts (K,) of draws ``i * chunk ... i * chunk + chunk - 1`` of image x's stream (key); draws >= num
     are masked. Draw j of the stream is the same whatever ``num``, so streams of different lengths share prefixes."""
     noisy = (sound_noise.sound_noisy_copies(key, x, i * chunk, chunk, sigma) if sound
-             else x[None] + gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma, x.dtype))
+             else x.astype(jnp.float32)[None] + gaussian_noise(jax.random.fold_in(key, i), (chunk,) + x.shape, sigma))
     logits = apply_fn(variables, noisy)
     if logits.shape != (chunk, num_classes):
         raise ValueError(f"apply_fn output shape {logits.shape} is not allowed; need (batch, {num_classes})")
@@ -122,6 +135,8 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
     Returns:
       int32 counts (K,) for one image or (B, K) for a batch, each row summing to ``num``. Row i depends only on
       image i and its key: it equals ``sample_counts(keys[i], ..., x[i], ...)``, whatever the batching or sharding.
+      A batch sharded over a mesh axis (Explicit axes, or a concrete array under any mesh) is sampled on each
+      device's own rows (``parallel.per_shard``) and the counts stay sharded the same way.
     """
     sigma = check_sigma(sigma)
     num, batch_size = check_int("num", num, 1), check_int("batch_size", batch_size, 1)
@@ -130,9 +145,12 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
     keys = as_keys(key, x)
     if sound:
         sound_noise.check_on_grid(x)
-    one = functools.partial(counts_one, apply_fn=apply_fn, variables=variables, sigma=sigma, num=num,
-                            batch_size=batch_size, num_classes=num_classes, sound=bool(sound))
-    return one(keys, x) if x.ndim == 3 else jax.vmap(one)(keys, x)
+    one = functools.partial(counts_one, apply_fn=apply_fn, sigma=sigma, num=num, batch_size=batch_size,
+                            num_classes=num_classes, sound=bool(sound))
+    if x.ndim == 3:
+        return one(keys, x, variables=variables)
+    return parallel.per_shard(jax.vmap(lambda k, xs, v: one(k, xs, variables=v), in_axes=(0, 0, None)), x, keys, x,
+                              replicated=(variables,))
 
 
 def certify_counts(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int, n: int, batch_size: int,

@@ -12,8 +12,9 @@ The smoothed classifier is ``g(x) = argmax_c P[f(x + eps) = c]`` with ``eps ~ N(
   probability <= alpha.
 
 The probabilities are computed on the host in float64 (``_host_stats``), then rounded towards the safe side to
-float32: bounds and radii *down*, p-values *up*. Everything here is jittable (``sigma``, ``alpha``, ``num``,
-``batch_size``, ``num_classes`` and ``apply_fn`` are static) and vmappable; the counts come from ``_sampling``, whose
+float32: bounds and radii *down*, p-values *up*. Everything here is jittable (``sigma``, ``num``, ``batch_size``,
+``num_classes`` and ``apply_fn`` are static; ``alpha`` may be traced: it reaches the host as an operand, so a new
+alpha never recompiles) and vmappable; the counts come from ``_sampling``, whose
 draws do not depend on batching, sharding or device count.
 """
 
@@ -25,9 +26,12 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from smoothjax import parallel
 from smoothjax.certification import _host_stats as H
-from smoothjax.certification._sampling import (certify_counts, check_alpha, check_int, check_positive_sigma,
-                                               sample_counts)
+from smoothjax.certification._sampling import (as_keys, certify_counts, check_alpha_or_traced, check_int,
+                                               check_positive_sigma, sample_counts, sound_noise)
+
+ABSTAIN = -1  # the prediction of an abstaining certificate or PREDICT
 
 
 class Certificate(NamedTuple):
@@ -55,7 +59,7 @@ def lower_confidence_bound(n_a, n, alpha: float) -> jax.Array:
     Args:
       n_a: int, successes; scalar or array, broadcast against ``n``.
       n: int, trials (1 <= n, 0 <= n_a <= n; n up to 1e7 and beyond, int32 range).
-      alpha: Python float in (0, 1), static.
+      alpha: in (0, 1): a Python float, or a traced scalar (float32; a new value does not recompile).
 
     Returns:
       float32 array of the broadcast shape: ``Beta^-1(alpha; n_a, n - n_a + 1)`` (0 when ``n_a = 0``), computed
@@ -63,9 +67,9 @@ def lower_confidence_bound(n_a, n, alpha: float) -> jax.Array:
       float64 value (sound) and within one float32 ulp (< 6e-8) of it. P[p <= bound] <= alpha for every true p.
       Invalid counts give NaN under jit and a ValueError outside it.
     """
-    alpha = check_alpha(alpha)
+    alpha = check_alpha_or_traced(alpha)
     H.check_counts(n_a, n, "lower_confidence_bound")
-    return H.callback(functools.partial(H.host_lower_bound, alpha=alpha), (jnp.float32,), n_a, n)[0]
+    return H.callback(H.host_lower_bound, (jnp.float32,), n_a, n, *H.alpha_operand(alpha))[0]
 
 
 def binomial_test_pvalue(k, n) -> jax.Array:
@@ -111,7 +115,7 @@ def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, al
       counts_selection: int (..., K) counts from the n0 selection draws; ``c_A`` = their argmax (first on ties).
       counts_estimation: int (..., K) counts from the independent n estimation draws; n = their sum.
       sigma: noise level in pixel units, Python float > 0 (static).
-      alpha: Python float in (0, 1) (static).
+      alpha: in (0, 1), a Python float or a traced scalar (a new value does not recompile).
       slack: subtracted from the float64 lower bound first (sound noise: ``sound_noise.certification_slack``).
 
     Returns:
@@ -120,16 +124,20 @@ def certify_from_counts(counts_selection, counts_estimation, *, sigma: float, al
       bound, rounded down. If the two count sets come from independent noise, the certificate is wrong with
       probability <= alpha.
     """
-    sigma, alpha = check_positive_sigma(sigma), check_alpha(alpha)
+    sigma, alpha = check_positive_sigma(sigma), check_alpha_or_traced(alpha)
     sel, est = jnp.asarray(counts_selection), jnp.asarray(counts_estimation)
     if sel.ndim < 1 or sel.shape != est.shape:
         raise ValueError(f"counts shapes {sel.shape} and {est.shape} are not allowed; need equal shapes (..., K)")
+    return _certify_decision(sel, est, sigma, H.alpha_operand(alpha), slack)
+
+
+def _certify_decision(sel, est, sigma: float, alpha_words, slack: float) -> Certificate:
     guess = jnp.argmax(sel, axis=-1).astype(jnp.int32)
     count = jnp.take_along_axis(est, guess[..., None], axis=-1)[..., 0].astype(jnp.int32)
     total = jnp.sum(est, axis=-1, dtype=jnp.int32)
-    p_lower, radius, abstain = H.callback(functools.partial(H.host_certify, alpha=alpha, sigma=sigma, slack=slack),
-                                         (jnp.float32, jnp.float32, jnp.bool_), count, total)
-    prediction = jnp.where(abstain, jnp.int32(-1), guess)
+    p_lower, radius, abstain = H.callback(functools.partial(H.host_certify, sigma=sigma, slack=slack),
+                                         (jnp.float32, jnp.float32, jnp.bool_), count, total, *alpha_words)
+    prediction = jnp.where(abstain, jnp.int32(ABSTAIN), guess)
     return Certificate(prediction, radius, p_lower, count, guess)
 
 
@@ -138,21 +146,24 @@ def predict_from_counts(counts, alpha: float) -> jax.Array:
 
     Args:
       counts: int (..., K) counts from n noise draws, K >= 2.
-      alpha: Python float in (0, 1) (static).
+      alpha: in (0, 1), a Python float or a traced scalar (a new value does not recompile).
 
     Returns:
       int32 (...): the top class, or -1 (abstain) iff the two-sided binomial test of the top count n_A in
       n_A + n_B (n_B the runner-up count) at p = 1/2 has p-value > alpha; decided on the float64 p-value. A
       non-abstaining answer differs from the smoothed classifier's prediction with probability <= alpha.
     """
-    alpha = check_alpha(alpha)
+    alpha = check_alpha_or_traced(alpha)
     counts = jnp.asarray(counts)
     if counts.ndim < 1 or counts.shape[-1] < 2:
         raise ValueError(f"counts shape {counts.shape} is not allowed; need (..., K) with K >= 2")
+    return _predict_decision(counts, H.alpha_operand(alpha))
+
+
+def _predict_decision(counts, alpha_words) -> jax.Array:
     top, idx = jax.lax.top_k(counts.astype(jnp.int32), 2)
-    abstain = H.callback(functools.partial(H.host_predict_abstains, alpha=alpha), (jnp.bool_,),
-                        top[..., 0], top[..., 0] + top[..., 1])[0]
-    return jnp.where(abstain, jnp.int32(-1), idx[..., 0].astype(jnp.int32))
+    abstain = H.callback(H.host_predict_abstains, (jnp.bool_,), top[..., 0], top[..., 0] + top[..., 1], *alpha_words)[0]
+    return jnp.where(abstain, jnp.int32(ABSTAIN), idx[..., 0].astype(jnp.int32))
 
 
 def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 100, n: int = 100_000,
@@ -169,10 +180,25 @@ def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 10
       point within L2 distance ``radius`` (pixel units) of x. ``sound=True``: the same, in floating point, for the
       smoothed ``f(fl32(Q(z)))`` of ``sound_noise`` (bound lowered by its ``certification_slack``).
     """
-    sigma, alpha = check_positive_sigma(sigma), check_alpha(alpha)
-    _, counts0, counts, slack = certify_counts(key, apply_fn, variables, x, sigma=sigma, n0=n0, n=n,
-                                               batch_size=batch_size, num_classes=num_classes, sound=sound)
-    return certify_from_counts(counts0, counts, sigma=sigma, alpha=alpha, slack=slack)
+    sigma, alpha = check_positive_sigma(sigma), check_alpha_or_traced(alpha)
+    x = jnp.asarray(x)
+    if sound:
+        sound_noise.check_on_grid(x)
+    return certify_keyed(as_keys(key, x), x, variables, H.alpha_operand(alpha), apply_fn=apply_fn, sigma=sigma,
+                         n0=n0, n=n, batch_size=batch_size, num_classes=num_classes, sound=sound)
+
+
+def certify_keyed(keys, x, variables, alpha_words, *, apply_fn, sigma, n0, n, batch_size, num_classes, sound,
+                  where=None) -> Certificate:
+    """``certify`` from per-image keys (``as_keys``) and ``alpha`` as ``_host_stats.alpha_operand`` words; a batch
+    sharded over a mesh axis (or ``where``) is certified per device (``parallel.per_shard``)."""
+    def local(keys, x, variables, *words):
+        _, counts0, counts, slack = certify_counts(keys, apply_fn, variables, x, sigma=sigma, n0=n0, n=n,
+                                                   batch_size=batch_size, num_classes=num_classes, sound=sound)
+        return _certify_decision(counts0, counts, sigma, words, slack)
+    if x.ndim == 3:
+        return local(keys, x, variables, *alpha_words)
+    return parallel.per_shard(local, x, keys, x, replicated=(variables, *alpha_words), where=where)
 
 
 def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alpha: float, batch_size: int,
@@ -186,7 +212,21 @@ def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alph
       int32 class per image (scalar or (B,)), -1 to abstain. Guarantee: a non-abstaining answer differs from the
       smoothed classifier's prediction g(x) with probability <= alpha (+ n * certification_slack if ``sound``).
     """
-    alpha, n = check_alpha(alpha), check_int("n", n, 1)
-    counts = sample_counts(key, apply_fn, variables, x, sigma=sigma, num=n, batch_size=batch_size,
-                           num_classes=num_classes, sound=sound)
-    return predict_from_counts(counts, alpha)
+    alpha, n = check_alpha_or_traced(alpha), check_int("n", n, 1)
+    x = jnp.asarray(x)
+    if sound:
+        sound_noise.check_on_grid(x)
+    return predict_keyed(as_keys(key, x), x, variables, H.alpha_operand(alpha), apply_fn=apply_fn, sigma=sigma, n=n,
+                         batch_size=batch_size, num_classes=num_classes, sound=sound)
+
+
+def predict_keyed(keys, x, variables, alpha_words, *, apply_fn, sigma, n, batch_size, num_classes, sound,
+                  where=None) -> jax.Array:
+    """``predict`` from per-image keys and alpha words, per device for a sharded batch (as ``certify_keyed``)."""
+    def local(keys, x, variables, *words):
+        counts = sample_counts(keys, apply_fn, variables, x, sigma=sigma, num=n, batch_size=batch_size,
+                               num_classes=num_classes, sound=sound)
+        return _predict_decision(counts, words)
+    if x.ndim == 3:
+        return local(keys, x, variables, *alpha_words)
+    return parallel.per_shard(local, x, keys, x, replicated=(variables, *alpha_words), where=where)

@@ -113,6 +113,6 @@ def consistency_loss(model: nn.Module, *, sigma: float, num_noise_vec: int = 2, 
 
 def loss_from_config(model: nn.Module, config) -> Callable:
     """``consistency_loss`` with ``config.sigma`` and ``config.consistency`` (``num_noise_vec``, ``lbd``, ``eta``;
-    defaults in ``configs/common.py``): the factory registered as ``config.loss = 'consistency'`` in
+    defaults in ``smoothjax/jobs/defaults.py``): the factory registered as ``config.loss = 'consistency'`` in
     ``smoothjax.jobs.train.LOSSES``."""
     return consistency_loss(model, sigma=config.sigma, **config.consistency)

@@ -140,6 +140,6 @@ def macer_loss(model: nn.Module, *, sigma: float, num_noise_vec: int = 16, lbd: 
 
 def loss_from_config(model: nn.Module, config) -> Callable:
     """``macer_loss`` with ``config.sigma`` and ``config.macer`` (``num_noise_vec``, ``lbd``, ``beta``, ``gamma``,
-    ``deferred_epochs``; defaults in ``configs/common.py``): the factory registered as ``config.loss = 'macer'`` in
-    ``smoothjax.jobs.train.LOSSES``."""
+    ``deferred_epochs``; defaults in ``smoothjax/jobs/defaults.py``): the factory registered as
+    ``config.loss = 'macer'`` in ``smoothjax.jobs.train.LOSSES``."""
     return macer_loss(model, sigma=config.sigma, **config.macer)

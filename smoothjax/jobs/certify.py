@@ -26,13 +26,13 @@ from smoothjax import analysis, checkpointing, data, parallel
 from smoothjax.jobs import certify_modes
 from smoothjax.jobs.certify_log import LogFile, check
 from smoothjax.jobs.reporting import Reporter
-from smoothjax.models import make_apply_fn
+from smoothjax.models import make_apply_fn, with_compute_dtype
 
 
 def certify_workdir(config, workdir: str) -> Path:
     """Runs the mode of ``config.certify`` on the newest checkpoint of ``workdir``; returns the log path.
 
-    Settings (``config.certify``, defaults in ``configs/common.py``): ``sigma`` (None = the training sigma in
+    Settings (``config.certify``, defaults in ``smoothjax/jobs/defaults.py``): ``sigma`` (None = the training sigma in
     ``model.json``; pixel units), ``n0``, ``n``, ``alpha``, ``batch_size`` (noisy copies of one image per forward
     pass), ``skip`` (every skip-th image of the split), ``max`` (at most this many of those, -1 = all), ``split``,
     ``mode`` and the options of the modes (``certify_modes``), ``seed``, ``images_per_step`` (rounded up to a
@@ -70,6 +70,8 @@ def certify_workdir(config, workdir: str) -> Path:
         settings = {"mode": cc.mode, "sigma": sigma, "dataset": config.dataset, "split": cc.split,
                     "num_examples": len(src), "data_fingerprint": data.fingerprint(src, every),
                     "checkpoint_step": step, **mode.settings(cc, sigma)}
+        if config.get("dtype", "float32") != "float32":  # recorded only when set: older logs continue
+            settings["dtype"] = config.get("dtype")
         indices = every[: cc.max] if cc.max > 0 else every
         if out.exists() and jax.process_index() == 0:
             check(out, settings)  # Fail fast; checked again under the lock.
@@ -79,6 +81,7 @@ def certify_workdir(config, workdir: str) -> Path:
     share = per_step // jax.process_count()  # this process's rows of each step: a multiple of its device count
     with parallel.together():
         model, variables = checkpointing.load_model(workdir, step)
+        model = with_compute_dtype(model, config.get("dtype")) if config.get("dtype", "float32") != "float32" else model
         evaluate = mode.evaluator(cc, sigma, make_apply_fn(model), int(spec["num_classes"]))
         # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
         run = _compile(evaluate, cc.seed, mesh, variables, per_step, tuple(src.image_shape))

@@ -4,7 +4,8 @@
         --config.evaluate.noise_sd=0.0,0.0625 --config.evaluate.m_test=1,8,64 \
         --config.evaluate.attacks=clean,pgd,epgd,transfer,nattack --config.evaluate.source_workdir=runs/siam_c10_pni
 
-Settings are ``config.evaluate`` (defaults in ``configs/common.py``): the grid (``noise_sd`` and ``m_test``, comma
+Settings are ``config.evaluate`` (defaults in ``smoothjax/jobs/defaults.py``): the grid (``noise_sd`` and ``m_test``,
+comma
 lists; ``noise_sd=''`` is the model's own input noise), the smoothing rule ``mode``, ``attacks`` (clean, pgd, epgd,
 transfer from ``source_workdir``, nattack), the L-inf budget ``epsilon`` (pixel units), ``pgd_steps``, ``eot_passes``,
 ``nattack_population`` / ``nattack_iterations``, the first ``max_images`` images of ``split`` of ``config.dataset``,

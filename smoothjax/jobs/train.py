@@ -12,7 +12,8 @@ labelled batches with pseudo-labelled batches of another source; ``smoothadv.sel
 ``nesterov``, ``grad_clip_norm`` (global-norm clipping, 0 = off), ``lr_schedule='multistep'`` with ``lr_milestones``
 (epochs); ``keep_best_by`` (an evaluation metric, e.g. ``clean_accuracy``) keeps the best state in ``workdir/best``
 (``checkpointing.Checkpointer`` with orbax's ``best_fn``). Stochastic (SIAM) models are evaluated as smoothed
-classifiers (``siam.eval_apply_fn``). Config fields are read as they are: their defaults are in ``configs/common.py``.
+classifiers (``siam.eval_apply_fn``). Config fields are read as they are: their defaults are in
+``smoothjax/jobs/defaults.py``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def _setup(config):
     num_classes = config.num_classes or train_src.num_classes
     stats = config.dataset_stats or config.dataset
     model_kwargs = dict(config.model_kwargs)
-    model = get_model(config.model, num_classes, dataset=stats, normalization=config.normalization, **model_kwargs)
+    # The compute dtype is not part of the model spec: certification chooses its own (config.dtype).
+    dtype = {} if config.get("dtype", "float32") == "float32" else {"dtype": config.get("dtype")}
+    model = get_model(config.model, num_classes, dataset=stats, normalization=config.normalization, **model_kwargs,
+                      **dtype)
     spec = {"model": config.model, "num_classes": int(num_classes), "dataset": stats,
             "normalization": config.normalization, "model_kwargs": model_kwargs,
             "image_shape": list(train_src.image_shape), "sigma": float(config.sigma),

@@ -12,6 +12,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from smoothjax.models.layers import Normalize, fusion_barrier
 from smoothjax.models.noisy_resnet import NoisyCifarResNet, is_stochastic, make_stochastic_apply_fn
@@ -19,6 +20,7 @@ from smoothjax.models.resnet import CifarResNet, ResNet50
 from smoothjax.models.small_cnn import SmallCNN
 
 NORMALIZATIONS = ("mean_std", "mean", "none")
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters and batch-norm statistics stay float32
 
 _BUILDERS = {
     **{f"cifar_resnet{d}": partial(CifarResNet, depth=d) for d in (8, 20, 32, 44, 56, 110)},
@@ -60,7 +62,8 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
       **kwargs: model fields, e.g. ``width`` (CIFAR ResNets, small_cnn), ``stage_sizes`` and ``base_width``
         (resnet50), ``barrier`` (None = automatic XLA:CPU fusion barrier, see ``layers.fusion_barrier``),
         ``conv`` (deterministic ResNets: None = the custom-VJP convolution on CPU, ``"xla"`` = plain autodiff,
-        which forward-mode ``jax.jvp`` / ``jax.jacfwd`` need; see ``cpu_conv.select``), ``dtype``.
+        which forward-mode ``jax.jvp`` / ``jax.jacfwd`` need; see ``cpu_conv.select``), ``dtype`` (the compute dtype,
+        a name from ``DTYPES`` or a dtype; logits are float32 whatever it is) and ``param_dtype``.
 
     Returns:
       An unbound Flax module; ``module(images, train=False) -> (B, num_classes) logits``.
@@ -69,6 +72,8 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} is not allowed; it must be an integer >= 2")
+    if "dtype" in kwargs:
+        kwargs["dtype"] = compute_dtype(kwargs["dtype"])
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; choose one of: {', '.join(NORMALIZATIONS)}")
     if mean is None or (std is None and normalization == "mean_std"):
@@ -81,6 +86,22 @@ def get_model(name: str, num_classes: int, *, dataset: str | None = None, normal
         std = None
     return _BUILDERS[name](num_classes=int(num_classes), mean=tuple(mean), std=None if std is None else tuple(std),
                            **kwargs)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """``jnp.dtype(dtype)`` for a name in ``DTYPES`` (or such a dtype); a one-line ValueError otherwise."""
+    name = getattr(jnp.dtype(dtype), "name", None) if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not allowed; choose one of: {', '.join(DTYPES)}")
+    return jnp.dtype(name)
+
+
+def with_compute_dtype(model: nn.Module, dtype) -> nn.Module:
+    """``model`` computing in ``dtype`` (same variables): what ``config.dtype`` does to a trained model."""
+    dtype = compute_dtype(dtype)
+    if not hasattr(model, "dtype"):
+        raise ValueError(f"dtype={dtype.name!r} is not allowed for {type(model).__name__}, which has no dtype field")
+    return model if jnp.dtype(model.dtype) == dtype else model.clone(dtype=dtype)
 
 
 def make_apply_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
@@ -102,5 +123,7 @@ def count_params(variables) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
 
 
-__all__ = ["MODEL_NAMES", "NORMALIZATIONS", "CifarResNet", "NoisyCifarResNet", "Normalize", "ResNet50", "SmallCNN",
-           "count_params", "fusion_barrier", "get_model", "is_stochastic", "make_apply_fn", "make_stochastic_apply_fn"]
+__all__ = ["DTYPES", "MODEL_NAMES", "NORMALIZATIONS", "CifarResNet", "NoisyCifarResNet", "Normalize", "ResNet50",
+           "SmallCNN",
+           "compute_dtype", "count_params", "fusion_barrier", "get_model", "is_stochastic", "make_apply_fn",
+           "make_stochastic_apply_fn", "with_compute_dtype"]

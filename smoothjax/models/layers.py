@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,20 +15,25 @@ class Normalize(nn.Module):
     Keeping normalisation inside the model means noise, perturbation budgets and the certified radius are all
     in pixel units, exactly as in the reference code (whose ``NormalizeLayer`` is the model's first module).
     ``std=None`` is the mean-only variant (SmoothAdv's ``InputCenterLayer``). Holds no variables.
+
+    The input (noisy images arrive in float32, ``noise``) is normalised in float32 and only then cast to ``dtype``,
+    the model's compute dtype: this is where a bfloat16 model rounds its input (docs/training.md#mixed-precision).
     """
 
     mean: Sequence[float]
     std: Sequence[float] | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
+        x = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
         mean = jnp.asarray(self.mean, x.dtype)
         if mean.shape != (x.shape[-1],):
             raise ValueError(f"normalisation mean has {mean.shape[0]} channels but images have {x.shape[-1]}")
         x = x - mean
         if self.std is not None:
             x = x / jnp.asarray(self.std, x.dtype)
-        return x
+        return x.astype(self.dtype)
 
 
 def fusion_barrier(y: jax.Array, enabled: bool | None = None) -> jax.Array:

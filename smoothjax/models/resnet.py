@@ -5,8 +5,10 @@ bias; each is followed by batch norm (PyTorch defaults: momentum 0.1, i.e. Flax 
 a shortcut is a 1x1 convolution + batch norm whenever the shape changes (``cifar_resnet110`` with 10 classes has
 1,730,714 parameters); ResNet-50 is torchvision's (stride on the 3x3 convolution of the bottleneck).
 
-``barrier`` and ``conv`` choose XLA:CPU workarounds (same forward values; gradients equal to float rounding): the
-fusion barrier at the end of each block (``layers.fusion_barrier``) and the convolution whose input gradient is a
+``dtype`` is the compute dtype (bfloat16 on GPU/TPU: inputs are normalised in float32 first, logits returned in
+float32) and ``param_dtype`` the parameters' (float32); batch-norm statistics and scales stay float32 whatever the
+compute dtype. ``barrier`` and ``conv`` choose XLA:CPU workarounds (same forward values; gradients equal to float
+rounding): the fusion barrier at the end of each block (``layers.fusion_barrier``) and the convolution whose input gradient is a
 forward convolution (``cpu_conv.select``: ``"xla"``, ``"cpu_vjp"``; None = ``"cpu_vjp"`` on CPU only). Both are on
 by default on CPU and off elsewhere.
 """
@@ -34,10 +36,11 @@ class BasicBlock(nn.Module):
     barrier: bool | None = None
     dtype: Any = jnp.float32
     conv: str | None = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype,
+        conv = partial(nn.Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype, param_dtype=self.param_dtype,
                        conv_general_dilated=cpu_conv.select(self.conv))
         norm = partial(_BatchNorm, use_running_average=not train, dtype=self.dtype)
         y = conv(self.features, (3, 3), self.strides, padding=1)(x)
@@ -58,10 +61,11 @@ class Bottleneck(nn.Module):
     barrier: bool | None = None
     dtype: Any = jnp.float32
     conv: str | None = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype,
+        conv = partial(nn.Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype, param_dtype=self.param_dtype,
                        conv_general_dilated=cpu_conv.select(self.conv))
         norm = partial(_BatchNorm, use_running_average=not train, dtype=self.dtype)
         y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
@@ -87,22 +91,24 @@ class CifarResNet(nn.Module):
     barrier: bool | None = None
     dtype: Any = jnp.float32
     conv: str | None = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
             raise ValueError(f"depth={self.depth} is not allowed; a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110)")
         blocks = (self.depth - 2) // 6
-        x = Normalize(self.mean, self.std)(x)
+        x = Normalize(self.mean, self.std, dtype=self.dtype)(x)
         x = nn.Conv(16 * self.width, (3, 3), padding=1, use_bias=False, kernel_init=_he_normal, dtype=self.dtype,
-                    conv_general_dilated=cpu_conv.select(self.conv))(x)
+                    param_dtype=self.param_dtype, conv_general_dilated=cpu_conv.select(self.conv))(x)
         x = nn.relu(_BatchNorm(use_running_average=not train, dtype=self.dtype)(x))
         for stage, features in enumerate((16, 32, 64)):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features * self.width, strides, self.barrier, self.dtype, self.conv)(x, train)
+                x = BasicBlock(features * self.width, strides, self.barrier, self.dtype, self.conv,
+                               self.param_dtype)(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x).astype(jnp.float32)
 
 
 class ResNet50(nn.Module):
@@ -121,17 +127,19 @@ class ResNet50(nn.Module):
     barrier: bool | None = None
     dtype: Any = jnp.float32
     conv: str | None = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = Normalize(self.mean, self.std)(x)
+        x = Normalize(self.mean, self.std, dtype=self.dtype)(x)
         x = nn.Conv(self.base_width, (7, 7), 2, padding=3, use_bias=False, kernel_init=_he_normal, dtype=self.dtype,
-                    conv_general_dilated=cpu_conv.select(self.conv))(x)
+                    param_dtype=self.param_dtype, conv_general_dilated=cpu_conv.select(self.conv))(x)
         x = nn.relu(_BatchNorm(use_running_average=not train, dtype=self.dtype)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(self.base_width * 2**stage, strides, self.barrier, self.dtype, self.conv)(x, train)
+                x = Bottleneck(self.base_width * 2**stage, strides, self.barrier, self.dtype, self.conv,
+                               self.param_dtype)(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x).astype(jnp.float32)

@@ -95,7 +95,7 @@ _LOSS_FIELDS = ("attack", "epsilon", "num_steps", "step_size", "m_train", "adv_w
 
 def loss_from_config(model: nn.Module, config) -> Callable:
     """``adversarial_training_loss`` from ``config.siam`` (fields in the module docstring; their defaults are written
-    once, in ``configs/common.py``); the factory registered as ``config.loss = 'siam'`` in
+    once, in ``smoothjax/jobs/defaults.py``); the factory registered as ``config.loss = 'siam'`` in
     ``smoothjax.jobs.train.LOSSES``."""
     return adversarial_training_loss(model, **{k: config.siam[k] for k in _LOSS_FIELDS})
 

@@ -95,7 +95,7 @@ def smoothadv_loss(model: nn.Module, *, sigma: float, attack: str = "pgd", epsil
     def loss_fn(params, model_state, batch, key):
         x, y = batch["image"], batch["label"]
         noise_key, attack_key = jax.random.split(key)
-        noise = gaussian_noise(noise_key, (m,) + tuple(x.shape), sigma, x.dtype)
+        noise = gaussian_noise(noise_key, (m,) + tuple(x.shape), sigma)  # float32 whatever x.dtype
         eps = warmup_epsilon(epsilon, batch["epoch"], warmup) if "epoch" in batch else jnp.float32(epsilon)
         frozen = jax.lax.stop_gradient({"params": params, **model_state})
         if attack == "pgd":
@@ -123,6 +123,6 @@ def smoothadv_loss(model: nn.Module, *, sigma: float, attack: str = "pgd", epsil
 def loss_from_config(model: nn.Module, config) -> Callable:
     """``smoothadv_loss`` with ``config.sigma`` and the settings of ``config.smoothadv`` (``attack``, ``epsilon``,
     ``num_steps``, ``num_noise_vec``, ``train_multi_noise``, ``no_grad_attack``, ``warmup``, ``ddn_gamma``; their
-    defaults are written once, in ``configs/common.py``); the factory registered as ``config.loss = 'smoothadv'`` in
-    ``smoothjax.jobs.train.LOSSES``."""
+    defaults are written once, in ``smoothjax/jobs/defaults.py``); the factory registered as
+    ``config.loss = 'smoothadv'`` in ``smoothjax.jobs.train.LOSSES``."""
     return smoothadv_loss(model, sigma=config.sigma, **config.smoothadv)
