@@ -15,7 +15,6 @@ before JAX is loaded.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -23,6 +22,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _JOBS = {"train": "train_and_evaluate", "certify": "certify_workdir", "evaluate": "evaluate_workdir"}
+
+
+def _job_module(job: str):
+    """The module of job ``job``, imported now (after flag parsing: the scripts import no JAX before)."""
+    if job == "train":
+        from smoothjax.jobs import train as module
+    elif job == "certify":
+        from smoothjax.jobs import certify as module
+    else:
+        from smoothjax.jobs import evaluate as module
+    return module
 
 
 def define_flags(workdir_help: str):
@@ -43,7 +53,7 @@ def run(job: str, argv, config, workdir: str):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO.
-    function = getattr(importlib.import_module(f"smoothjax.jobs.{job}"), _JOBS[job])
+    function = getattr(_job_module(job), _JOBS[job])
     try:
         return function(config, workdir)
     except (ValueError, OSError) as e:
