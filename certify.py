@@ -57,6 +57,12 @@ def main(argv):
 
     if jax.process_index() != 0:  # process 0 wrote the log and reports it
         return
+    with jobs.one_line_errors("certify"):
+        _report(path)
+
+
+def _report(path):
+    """Prints the certified-accuracy table (or prediction accuracy) of the whole log at ``path``."""
     log, settings = analysis.read_log(path), analysis.read_settings(path)  # what was run: the sidecar, not the name
     if log.is_certification:
         label = f"&sigma; = {analysis.format_sigma(settings['sigma'])}"
@@ -72,5 +78,6 @@ def main(argv):
             print(f"empirical robust accuracy at radius {settings['epsilon']} ({settings['attack']}): "
                   f"{summary.accuracy:.3f}")
 
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=jobs.parse_flags)
