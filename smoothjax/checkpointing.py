@@ -115,6 +115,8 @@ def verify_checkpoint(step_dir) -> tuple[str, bool]:
     digests = _file_digests(step_dir)
     record_path = step_dir / CHECKSUMS
     if not record_path.exists():
+        if not digests:
+            raise ValueError(f"checkpoint {step_dir} cannot be loaded: it holds no file (damaged); delete it")
         return _combined(digests), False
     try:
         record = json.loads(record_path.read_text())

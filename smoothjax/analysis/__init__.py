@@ -28,6 +28,7 @@ __all__ = [
     "COLUMNS", "EvalLog", "PredictionSummary", "REQUIRED", "SamplesSummary", "attack_name", "average_certified_radius",
     "certified_accuracy", "certified_accuracy_matrix", "default_radii", "empirical_robust_accuracy", "envelope",
     "format_row", "format_samples_summary", "format_sigma", "header", "latex_table", "log_name", "log_sigma", "main",
-    "markdown_table", "parse_attack", "parse_log", "parse_radii", "parse_sigma", "parse_time", "plot_certified_accuracy",
-    "prediction_summary", "read_log", "read_settings", "robustness_table", "samples_summary", "settings_path",
+    "markdown_table", "parse_attack", "parse_log", "parse_radii", "parse_sigma", "parse_time",
+    "plot_certified_accuracy", "prediction_summary", "read_log", "read_settings", "robustness_table",
+    "samples_summary", "settings_path",
 ]
