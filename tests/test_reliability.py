@@ -316,7 +316,7 @@ def test_a_damaged_zip_member_is_one_line_naming_it(tmp_path):
     raw[info.header_offset + 30 + len(info.filename) + 40] ^= 0xFF  # inside the member's data: bad CRC-32
     archive.write_bytes(bytes(raw))
     with pytest.raises(ValueError) as e:
-        train_and_evaluate(_config(dataset="image_folder", data_path=str(archive), model="small_cnn",
+        train_and_evaluate(_config(dataset="image_folder", data_path=str(archive), dataset_stats="digits",
                                    total_steps=2, batch_size=2), str(tmp_path / "run"))
     assert "train/c1/2.png" in str(e.value) and "damaged" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
