@@ -193,41 +193,43 @@ def resume_step(workdir) -> int | None:
     step), so resuming from an older checkpoint ends with the same parameters.
     """
     directory = _checkpoint_dir(workdir)
-    if not directory.is_dir():
-        return None
-    with _orbax_errors_only():
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-        steps = sorted(manager.all_steps(), reverse=True)
-        manager.close()
-    damaged = []
-    for step in steps:
+    # Read-only first, the same on every process (no orbax call: its managers synchronise processes).
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True) \
+        if directory.is_dir() else []
+    step, recorded, damaged = None, True, []
+    for candidate in steps:
         try:
-            _, recorded = verify_checkpoint(directory / str(step))
+            _, recorded = verify_checkpoint(directory / str(candidate))
         except ValueError as e:
-            damaged.append((step, str(e)))
+            damaged.append((candidate, str(e)))
             continue
-        if not recorded:
-            _note(f"note: checkpoint {directory / str(step)} has no {CHECKSUMS} (an earlier version's, or its run "
-                  "was stopped before writing it); accepted, its checksums recorded now")
-            write_checksums(directory / str(step))
+        step = candidate
         break
-    else:
-        step = None
+    _sync("smoothjax.checkpointing.resume_step.verified")  # every process has read before any file moves
+    if step is not None and not recorded:
+        _note(f"note: checkpoint {directory / str(step)} has no {CHECKSUMS} (an earlier version's, or its run "
+              "was stopped before writing it); accepted, its checksums recorded now")
+        write_checksums(directory / str(step))
     aside = Path(workdir).absolute() / "damaged_checkpoints"
     for bad, why in damaged:
+        target = aside / str(bad)
         if jax.process_index() == 0:
             aside.mkdir(exist_ok=True)
-            target = aside / str(bad)
             if target.exists():
                 target = aside / f"{bad}.{os.getpid()}"
             os.replace(directory / str(bad), target)
-        _note(f"{why}; moved to {aside / str(bad)}; "
+        _note(f"{why}; moved to {target}; "
               + (f"resuming from checkpoint {step}, the newest intact one" if step is not None
                  else "no intact checkpoint is left: training starts from step 0"))
+    _sync("smoothjax.checkpointing.resume_step.moved")
+    return step
+
+
+def _sync(name: str) -> None:
+    """A barrier of all processes (nothing on one process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("smoothjax.checkpointing.resume_step")
-    return step
+        multihost_utils.sync_global_devices(name)
 
 
 def write_model_spec(workdir, spec: dict) -> None:
