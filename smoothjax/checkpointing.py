@@ -7,13 +7,22 @@ Checkpoints are restored as NumPy arrays and then placed on the current mesh, so
 devices (or a pod) loads on 1. ``Checkpointer(..., best_metric=...)`` keeps the best checkpoints by an evaluation
 metric instead of the newest (orbax's ``best_fn``; ``config.keep_best_by`` keeps ``workdir/best``). Every other file
 of a run is written with ``write_atomically``, so a kill never leaves half a file.
+
+Integrity: once a checkpoint is complete, ``checkpoints/<step>/checksums.json`` records the sha256 of each of its
+files (written atomically; ``Checkpointer.save`` waits for the checkpoint, then writes it). Every restore verifies
+the files first (``verify_checkpoint``): a flipped, truncated or missing file is a one-line ValueError naming the
+file, before any of it is read. A checkpoint without ``checksums.json`` (written by an earlier version, or by a run
+killed between the checkpoint and its checksums) is complete as far as orbax knows: it is accepted with a one-line
+note and its checksum is computed from its files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +69,99 @@ def _orbax_errors_only():
         logging.set_verbosity(verbosity)
 
 
+CHECKSUMS = "checksums.json"  # in each checkpoint's directory: {"files": {relative path: sha256 hex}, "checksum"}
+_BLOCK = 1 << 20
+
+
+def _file_digests(step_dir: Path) -> dict:
+    """sha256 (hex) of every file under ``step_dir`` except the checksums file, by POSIX path relative to it."""
+    digests = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+        digests[path.relative_to(step_dir).as_posix()] = digest.hexdigest()
+    return digests
+
+
+def _combined(digests: dict) -> str:
+    """``'sha256:<hex>'`` of the sorted (path, file digest) pairs: one string naming the checkpoint's bytes."""
+    return "sha256:" + hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
+def write_checksums(step_dir) -> str:
+    """Records the sha256 of every file of the complete checkpoint ``step_dir`` in ``step_dir/checksums.json``
+    (atomically) and returns the checkpoint's checksum (``'sha256:<hex>'``). Process 0 only writes."""
+    step_dir = Path(step_dir)
+    digests = _file_digests(step_dir)
+    checksum = _combined(digests)
+    if jax.process_index() == 0:
+        write_atomically(step_dir / CHECKSUMS, json.dumps({"checksum": checksum, "files": digests}, indent=1) + "\n")
+    return checksum
+
+
+def verify_checkpoint(step_dir) -> tuple[str, bool]:
+    """Checks every file of checkpoint ``step_dir`` against its ``checksums.json``; returns ``(checksum, recorded)``.
+
+    ``recorded`` is False for a checkpoint without checksums (an earlier version's, or one whose run was killed
+    between the checkpoint and its checksums): its checksum is then computed from its files, unverified. Raises a
+    one-line ValueError naming the first file that is missing, extra or differs (e.g. one flipped byte), and the
+    checkpoint, when the checkpoint is damaged. Cost: one sha256 pass over the checkpoint's bytes.
+    """
+    step_dir = Path(step_dir)
+    if not step_dir.is_dir():
+        raise ValueError(f"checkpoint {step_dir} does not exist")
+    digests = _file_digests(step_dir)
+    record_path = step_dir / CHECKSUMS
+    if not record_path.exists():
+        if not digests:
+            raise ValueError(f"checkpoint {step_dir} cannot be loaded: it holds no file (damaged); delete it")
+        return _combined(digests), False
+    try:
+        record = json.loads(record_path.read_text())
+        expected = dict(record["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {step_dir} is damaged: {CHECKSUMS} is unreadable ({type(e).__name__})") from None
+    for name in sorted(set(expected) | set(digests)):
+        if name not in digests:
+            problem = "is missing"
+        elif name not in expected:
+            problem = "is not in its checksums"
+        elif digests[name] != expected[name]:
+            problem = "differs from its checksum"
+        else:
+            continue
+        raise ValueError(f"checkpoint {step_dir} is damaged: file {name} {problem}")
+    return _combined(digests), True
+
+
+def checkpoint_checksum(workdir, step: int) -> str:
+    """The verified checksum (``'sha256:<hex>'``) of checkpoint ``step`` of ``workdir``: what a certify sidecar
+    records. A checkpoint without checksums is accepted with a one-line note (stderr); a damaged one raises a
+    one-line ValueError."""
+    step_dir = _checkpoint_dir(workdir) / str(step)
+    try:
+        checksum, recorded = verify_checkpoint(step_dir)
+    except ValueError as e:
+        raise ValueError(f"{e}; train.py on {workdir} moves it aside and trains again from the newest intact "
+                         "checkpoint") from None
+    if not recorded:
+        _note(f"note: checkpoint {step_dir} has no {CHECKSUMS} (an earlier version's, or its run was stopped "
+              "before writing it); accepted unverified, checksum computed from its files")
+    return checksum
+
+
+_NOTED: set = set()
+
+
+def _note(line: str) -> None:
+    """Prints a one-line note to stderr (process 0), once per process."""
+    if jax.process_index() == 0 and line not in _NOTED:
+        _NOTED.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def latest_step(workdir) -> int:
     """The newest complete checkpoint step of ``workdir``, read without creating or cleaning anything; a one-line
     ValueError when there is none."""
@@ -73,6 +175,61 @@ def latest_step(workdir) -> int:
     if step is None:
         raise ValueError(f"no checkpoint in {directory}; train first (train.py --workdir={workdir})")
     return int(step)
+
+
+def has_checkpoints(workdir) -> bool:
+    """Whether ``workdir/checkpoints`` holds any checkpoint step directory (complete or not), read-only."""
+    directory = _checkpoint_dir(workdir)
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def resume_step(workdir) -> int | None:
+    """The newest intact checkpoint step of ``workdir`` for a training resume, or None when there is none.
+
+    Checkpoints are verified newest first (``verify_checkpoint``). A damaged one is moved out of the way, to
+    ``workdir/damaged_checkpoints/<step>`` (kept for inspection, never deleted), with a one-line note naming it and the
+    checkpoint resumed from instead; one without checksums (an earlier version's, or a kill between a checkpoint and
+    its checksums) is accepted with a one-line note and gets its checksums now. Training is a function of (seed,
+    step), so resuming from an older checkpoint ends with the same parameters.
+    """
+    directory = _checkpoint_dir(workdir)
+    # Read-only first, the same on every process (no orbax call: its managers synchronise processes).
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True) \
+        if directory.is_dir() else []
+    step, recorded, damaged = None, True, []
+    for candidate in steps:
+        try:
+            _, recorded = verify_checkpoint(directory / str(candidate))
+        except ValueError as e:
+            damaged.append((candidate, str(e)))
+            continue
+        step = candidate
+        break
+    _sync("smoothjax.checkpointing.resume_step.verified")  # every process has read before any file moves
+    if step is not None and not recorded:
+        _note(f"note: checkpoint {directory / str(step)} has no {CHECKSUMS} (an earlier version's, or its run "
+              "was stopped before writing it); accepted, its checksums recorded now")
+        write_checksums(directory / str(step))
+    aside = Path(workdir).absolute() / "damaged_checkpoints"
+    for bad, why in damaged:
+        target = aside / str(bad)
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            if target.exists():
+                target = aside / f"{bad}.{os.getpid()}"
+            os.replace(directory / str(bad), target)
+        _note(f"{why}; moved to {target}; "
+              + (f"resuming from checkpoint {step}, the newest intact one" if step is not None
+                 else "no intact checkpoint is left: training starts from step 0"))
+    _sync("smoothjax.checkpointing.resume_step.moved")
+    return step
+
+
+def _sync(name: str) -> None:
+    """A barrier of all processes (nothing on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def write_model_spec(workdir, spec: dict) -> None:
@@ -152,7 +309,8 @@ class Checkpointer:
         return self._manager.metrics(step)
 
     def save(self, step: int, state, metrics: dict | None = None) -> None:
-        """Starts writing ``state`` as checkpoint ``step`` (asynchronously; atomic on completion). With
+        """Writes ``state`` as checkpoint ``step`` (atomic: renamed into place when complete), waits for it and records
+        its checksums (``checksums.json``): on return the checkpoint is complete and verifiable. With
         ``best_metric``, ``metrics`` (name -> number) must hold it: orbax then keeps the best ``max_to_keep``."""
         if self.best_metric is not None:
             if metrics is None or self.best_metric not in metrics:
@@ -160,6 +318,9 @@ class Checkpointer:
                                  f"{', '.join(sorted(metrics or {}))}")
             metrics = {k: float(v) for k, v in metrics.items()}
         self._manager.save(int(step), args=ocp.args.PyTreeSave(state), metrics=metrics, force=True)
+        self._manager.wait_until_finished()  # the checkpoint is complete (renamed into place): record its checksums
+        if int(step) in self._manager.all_steps():  # (orbax may have dropped it at once: not among the best)
+            write_checksums(Path(self._manager.directory) / str(int(step)))
 
     def restore(self, target, step: int | None = None, shardings=None):
         """Restores checkpoint ``step`` (default: latest) into the structure of ``target``.
@@ -170,6 +331,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"no checkpoint in {self._manager.directory}")
+        verify_checkpoint(Path(self._manager.directory) / str(step))
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         try:
             restored = self._manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
@@ -214,6 +376,7 @@ def load_variables(workdir, step: int | None = None) -> dict:
       one-line ValueError when there is no checkpoint or it is empty or damaged.
     """
     step = latest_step(workdir) if step is None else step
+    checkpoint_checksum(workdir, step)  # before orbax reads a byte: a damaged checkpoint is one line, naming the file
     try:
         with _orbax_errors_only():
             manager = ocp.CheckpointManager(_checkpoint_dir(workdir), item_handlers=ocp.PyTreeCheckpointHandler())

@@ -126,10 +126,14 @@ def test_tag_names_a_second_log_and_an_older_sidecar_is_continued_and_upgraded(w
     settings = json.loads(sidecar.read_text())
     fingerprint = settings.pop("data_fingerprint")
     assert fingerprint.startswith("sha256:") and len(fingerprint) == 71
+    checksum = settings.pop("checkpoint_checksum")  # and before checkpoint checksums: none
+    recorded = json.loads((workdir / "checkpoints" / "40" / "checksums.json").read_text())["checksum"]
+    assert checksum == recorded
     sidecar.write_text(json.dumps({**settings, "data_path": "/elsewhere/digits"}))
     _ok(_certify(workdir, *args[:2], "--config.certify.max=5", "--config.certify.tag=n200"))
     assert [int(r[0]) for r in _rows(tagged)] == [0, 1, 2, 3, 4]
-    assert json.loads(sidecar.read_text()) == {**settings, "data_fingerprint": fingerprint}  # no path any more
+    assert json.loads(sidecar.read_text()) == {**settings, "data_fingerprint": fingerprint,
+                                               "checkpoint_checksum": checksum}  # no path any more
 
 
 # ------------------------------------------------------------------------------------------------ oracles

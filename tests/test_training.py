@@ -103,12 +103,16 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path):
     proc.wait()
     steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) < 30, steps  # really killed mid-run
+    for step in steps:  # killed around checkpoint 10's checksums: never a checkpoint that counts as damaged
+        checkpointing.verify_checkpoint(killed / "checkpoints" / str(step))
     resumed = subprocess.run(_train_cmd(killed), env=env, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step" in resumed.stderr
     a, b = _params(tmp_path / "straight"), _params(killed)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    resumed_records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed_records] == [5, 10, 15, 20, 25, 30]  # each step once after the resume
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in records)
     assert a.keys() == b.keys()
     for k in a:

@@ -16,8 +16,8 @@ Nothing here imports JAX: logs can be read and tabulated anywhere.
 from smoothjax.analysis.cli import main
 from smoothjax.analysis.empirical import empirical_robust_accuracy, robustness_table
 from smoothjax.analysis.logs import (COLUMNS, REQUIRED, EvalLog, attack_name, format_row, format_sigma, header,
-                                     log_name, log_sigma, parse_attack, parse_sigma, parse_time, read_log,
-                                     read_settings, settings_path)
+                                     log_name, log_sigma, parse_attack, parse_log, parse_sigma, parse_time,
+                                     read_log, read_settings, settings_path)
 from smoothjax.analysis.metrics import (PredictionSummary, SamplesSummary, as_log, average_certified_radius,
                                         certified_accuracy, certified_accuracy_matrix, envelope, prediction_summary,
                                         samples_summary)
@@ -26,8 +26,10 @@ from smoothjax.analysis.tables import (default_radii, format_samples_summary, la
 
 __all__ = [
     "COLUMNS", "EvalLog", "PredictionSummary", "REQUIRED", "SamplesSummary", "as_log", "attack_name",
-    "average_certified_radius", "certified_accuracy", "certified_accuracy_matrix", "default_radii", "empirical_robust_accuracy", "envelope",
+    "average_certified_radius", "certified_accuracy", "certified_accuracy_matrix", "default_radii",
+    "empirical_robust_accuracy", "envelope",
     "format_row", "format_samples_summary", "format_sigma", "header", "latex_table", "log_name", "log_sigma", "main",
-    "markdown_table", "parse_attack", "parse_radii", "parse_sigma", "parse_time", "plot_certified_accuracy",
-    "prediction_summary", "read_log", "read_settings", "robustness_table", "samples_summary", "settings_path",
+    "markdown_table", "parse_attack", "parse_log", "parse_radii", "parse_sigma", "parse_time",
+    "plot_certified_accuracy", "prediction_summary", "read_log", "read_settings", "robustness_table",
+    "samples_summary", "settings_path",
 ]

@@ -178,11 +178,14 @@ def _column(path, name, cells, line_numbers, kind):
             value = float(cell)
             if math.isnan(value) or (kind in ("int", "bool") and value != int(value)):
                 raise ValueError
+            if kind == "radius" and not (math.isfinite(value) and value >= 0):
+                raise ValueError
             if kind == "bool" and value not in (0.0, 1.0):
                 raise ValueError
             out.append(value)
         except (ValueError, OverflowError):
-            allowed = {"int": "an integer", "bool": "0 or 1", "float": "a number", "time": "a time"}[kind]
+            allowed = {"int": "an integer", "bool": "0 or 1", "float": "a number", "time": "a time",
+                       "radius": "a finite number >= 0"}[kind]
             raise ValueError(
                 f"{path}: line {line_numbers[i]}: column {name!r} has {cell!r}; it must be {allowed}"
             ) from None
@@ -207,13 +210,26 @@ def read_log(path) -> EvalLog:
     Required columns: ``idx label predict correct time`` (+ ``radius`` for certification logs), in any
     order; other columns are kept in ``extra``. Blank lines are ignored. Raises ``FileNotFoundError``
     for a missing file and a one-line ``ValueError`` naming the path and the problem for a malformed one
-    (no header, missing/duplicate columns, wrong field count, unparsable value, no rows).
+    (``parse_log``).
     """
     path = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text log") from None
+    return parse_log(text, path)
+
+
+def parse_log(text: str, path, allow_empty: bool = False) -> EvalLog:
+    """The log validator, shared by analysis (``read_log``) and certify.py's resume (``jobs.certify_log``).
+
+    Parses the text of a log (header line, then one row per line) into an ``EvalLog``. Guarantee: every row has the
+    header's field count; ``idx``, ``label`` and ``predict`` are integers, ``idx`` >= 0 and never repeated;
+    ``correct`` is 0 or 1; ``radius`` is finite and >= 0; ``time`` is seconds or a timedelta. Anything else is a
+    one-line ``ValueError`` naming ``path`` and the line (no header, missing/duplicate columns, wrong field count,
+    unparsable value, duplicate idx, no rows unless ``allow_empty``).
+    """
+    path = str(path)
     lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
     lines = [(n, line) for n, line in lines if line.strip()]
     if not lines:
@@ -226,7 +242,7 @@ def read_log(path) -> EvalLog:
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: header {lines[0][1]!r} has duplicate column names")
     rows = lines[1:]
-    if not rows:
+    if not rows and not allow_empty:
         raise ValueError(f"{path}: header only, no data rows")
     fields = []
     for n, line in rows:
@@ -237,7 +253,15 @@ def read_log(path) -> EvalLog:
     columns = {name: [f[j].strip() for f in fields] for j, name in enumerate(header)}
     first = [n for n, _ in rows]  # file line number of each data row
     parsed = {name: _column(path, name, columns[name], first, "int") for name in _INT_COLUMNS}
-    radius = _column(path, "radius", columns["radius"], first, "float") if "radius" in columns else None
+    seen = {}
+    for n, idx in zip(first, parsed["idx"].tolist()):
+        if idx < 0:
+            raise ValueError(f"{path}: line {n}: column 'idx' has {idx}; it must be an integer >= 0")
+        if idx in seen:
+            raise ValueError(f"{path}: line {n}: idx {idx} already appears on line {seen[idx]}; each image is "
+                             "logged once")
+        seen[idx] = n
+    radius = _column(path, "radius", columns["radius"], first, "radius") if "radius" in columns else None
     known = set(REQUIRED) | {"radius"}
     return EvalLog(
         path=path, radius=radius, **parsed,

@@ -153,8 +153,12 @@ class ImageFolderSource(Source):
             with open(self._files[i], "rb") as f:
                 return f.read()
         zf, lock = _zip_handle(self._zip_path)
-        with lock:
-            return zf.read(self._files[i])
+        try:
+            with lock:
+                return zf.read(self._files[i])
+        except (zipfile.BadZipFile, OSError, EOFError) as e:  # e.g. a damaged member: "Bad CRC-32"
+            raise ValueError(f"{self.path}: cannot read {self._files[i]} ({_one_line(e)}); the zip is "
+                             "damaged") from None
 
     def _decode(self, i: int, mode: str | None):
         from PIL import Image

@@ -67,13 +67,14 @@ def certify_workdir(config, workdir: str) -> Path:
             raise ValueError(f"dataset {config.dataset!r} split {cc.split!r} is empty; nothing to certify")
         out = Path(workdir) / "certify" / mode.log_name(cc, sigma)
         every = list(range(0, len(src), cc.skip))  # ``max`` only limits how far the log goes, not what it is
+        checksum = checkpointing.checkpoint_checksum(workdir, step)  # a damaged checkpoint stops us here
         settings = {"mode": cc.mode, "sigma": sigma, "dataset": config.dataset, "split": cc.split,
                     "num_examples": len(src), "data_fingerprint": data.fingerprint(src, every),
-                    "checkpoint_step": step, **mode.settings(cc, sigma)}
+                    "checkpoint_step": step, "checkpoint_checksum": checksum, **mode.settings(cc, sigma)}
         if config.get("dtype", "float32") != "float32":  # recorded only when set: older logs continue
             settings["dtype"] = config.get("dtype")
         indices = every[: cc.max] if cc.max > 0 else every
-        if out.exists() and jax.process_index() == 0:
+        if out.exists() and out.stat().st_size and jax.process_index() == 0:
             check(out, settings)  # Fail fast; checked again under the lock.
 
     mesh, process = parallel.make_mesh(), jax.process_index()

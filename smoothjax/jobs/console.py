@@ -25,13 +25,19 @@ def train() -> None:
             print(f"final (step {results['step']}): clean accuracy {results['clean_accuracy']:.4f}, noisy accuracy "
                   f"(sigma={config.value.sigma}) {results['noisy_accuracy']:.4f}", flush=True)
 
-    app.run(main)
+    app.run(main, flags_parser=jobs.parse_flags)
 
 
 def certify() -> None:
     """``smoothjax-certify``: certifies or predicts with a trained run's smoothed classifier (certify.py)."""
     config, workdir = jobs.define_flags("Training run directory to certify.")
-    app.run(lambda argv: report(jobs.run("certify", argv, config.value, workdir.value)))
+
+    def main(argv):
+        path = jobs.run("certify", argv, config.value, workdir.value)
+        with jobs.one_line_errors("certify"):  # a log damaged since it was written: one line, not a traceback
+            report(path)
+
+    app.run(main, flags_parser=jobs.parse_flags)
 
 
 def report(path) -> None:

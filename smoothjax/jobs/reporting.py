@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from smoothjax.checkpointing import write_atomically
+
 
 class Reporter:
     """Writes scalar metrics and shows progress over ``total`` units of work (steps, examples, ...).
@@ -21,21 +23,28 @@ class Reporter:
       total: units of work of the whole job; ``initial`` of them are already done (a resumed run).
       unit: name of a unit, for the progress display.
       log_every_seconds: interval of the plain log lines shown when stderr is not a terminal.
+      resume_step: a resumed run's step (the checkpoint it continues from). ``metrics.jsonl`` then keeps only the
+        records up to that step (those after it, written before a kill, are written again) and drops torn lines,
+        and a record whose step and names are already in the file is not written twice: each step's records appear
+        once after any number of resumes.
     """
 
     def __init__(self, workdir, *, total: int, initial: int = 0, unit: str = "step", description: str = "",
-                 log_every_seconds: float = 30.0, stream=None):
+                 log_every_seconds: float = 30.0, stream=None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._stream = stream or sys.stderr
         self._total, self._done, self._unit, self._desc = total, initial, unit, description
         self._start, self._start_done, self._last_line = time.time(), initial, 0.0
         self._interval = log_every_seconds
         self._jsonl = self._tb = self._bar = None
+        self._seen: set = set()
         if not self.enabled:
             return
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")
+            path = Path(workdir) / "metrics.jsonl"
+            self._seen = _keep_through(path, resume_step) if resume_step is not None else set()
+            self._jsonl = open(path, "a")
             try:
                 from tensorboardX import SummaryWriter
                 self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
@@ -69,6 +78,9 @@ class Reporter:
             return
         record = {"step": int(step), "time": round(time.time(), 3),
                   **{k: float(np.asarray(v)) for k, v in metrics.items()}}
+        if _identity(record) in self._seen:  # e.g. the final evaluation of a finished run that is run again
+            return
+        self._seen.add(_identity(record))
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
@@ -91,6 +103,31 @@ class Reporter:
             if f is not None:
                 f.close()
         self._bar = self._jsonl = self._tb = None
+
+
+def _identity(record: dict) -> tuple:
+    return int(record["step"]), tuple(sorted(k for k in record if k not in ("step", "time")))
+
+
+def _keep_through(path: Path, step: int) -> set:
+    """Rewrites ``path`` (atomically, only if needed) without the records after ``step`` and without lines that are
+    not whole JSON records (a torn last line); returns the identities of the records kept."""
+    if not path.exists():
+        return set()
+    lines = path.read_text().splitlines()
+    kept, seen = [], set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+            identity = _identity(record)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if identity[0] <= step and identity not in seen:
+            kept.append(line)
+            seen.add(identity)
+    if len(kept) != len(lines):
+        write_atomically(path, "".join(line + "\n" for line in kept))
+    return seen
 
 
 def _fmt(v) -> str:

@@ -19,6 +19,7 @@ classifiers (``siam.eval_apply_fn``). Config fields are read as they are: their 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from smoothjax import certified_training, checkpointing, data, parallel, siam, smoothadv, training
+from smoothjax.jobs import train_settings
 from smoothjax.jobs.reporting import Reporter
 from smoothjax.models import get_model
 from smoothjax.noise import check_sigma
@@ -120,6 +122,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run, and the same global batch on any number of devices or processes gives the same parameters up to
     floating-point reassociation.
     """
+    where = Path(workdir)
+    if where.exists() and not where.is_dir():
+        raise ValueError(f"workdir {workdir} is a file; --workdir must be a directory (new or a run's)")
+    if where.is_dir() and not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"workdir {workdir} is not writable; choose another --workdir or fix its permissions")
     parallel.initialize_distributed(**config.distributed)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
@@ -144,17 +151,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = _train_step(LOSSES[config.loss](model, config), tx, mesh, steps_per_epoch, bool(selftrain))
     evaluator = _Evaluator(config, workdir, siam.eval_apply_fn(model, config), eval_src, eval_key, mesh)
 
-    checkpointing.write_model_spec(workdir, spec)  # Everything above validated the config; now write.
+    record = train_settings.settings(config, train_src, total_steps)
+    resuming = checkpointing.has_checkpoints(workdir)
+    note = train_settings.check(workdir, record, checkpointing.read_model_spec(workdir), resuming)
+
+    # Everything above validated the config and the workdir; now write.
+    if jax.process_index() == 0 and not (Path(workdir) / train_settings.FILE).exists():
+        checkpointing.write_model_spec(workdir, spec)
+        train_settings.write(workdir, record)
+    start = checkpointing.resume_step(workdir) or 0
     ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    start = ckpt.latest_step() or 0
     state, fresh = _initial_state(ckpt, start, init, init_key, tx, repl, pretrained, old_classes,
                                   spec["num_classes"])
-    reporter = Reporter(workdir, total=total_steps, initial=start, unit="step", description="train")
+    reporter = Reporter(workdir, total=max(total_steps, start), initial=start, unit="step", description="train",
+                        resume_step=start)
+    if note:
+        reporter.write(note)
     reporter.write(f"{config.model} on {config.dataset}: {total_steps} steps of batch {config.batch_size} "
                    f"({steps_per_epoch}/epoch) on {mesh.devices.size} device(s), {jax.process_count()} "
                    f"process(es); sigma={config.sigma}" + (f"; resuming at step {start}" if start else "")
                    + (f"; fine-tuned from {config.init_from} (new: {', '.join(fresh) or 'nothing'})"
                       if pretrained is not None and not start else ""))
+    if start >= total_steps:  # a finished run (or an earlier version's run past a lowered total_steps)
+        reporter.write(f"checkpoint {start} already reached total_steps={total_steps}: nothing to train"
+                       + (f" (it is {start - total_steps} steps past it)" if start > total_steps else "")
+                       + f"; evaluating the parameters of step {start}")
     pending, t0 = [], time.time()
     batches = _global_batches(loader, selftrain, start, mesh)
     for step in range(start, total_steps):
@@ -174,9 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if config.eval_every_steps and done % config.eval_every_steps == 0 and done != total_steps:
             evaluator(done, state, reporter)
     ckpt.close()
-    results = evaluator(total_steps, state, reporter, final=True)
+    final = max(total_steps, start)  # the step whose parameters ``state`` holds
+    results = evaluator(final, state, reporter, final=True)
     reporter.close()
-    return {"step": total_steps, **results}
+    return {"step": final, **results}
 
 
 def _optimizer(config, steps_per_epoch: int, total_steps: int):

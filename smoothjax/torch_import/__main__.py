@@ -15,6 +15,7 @@ normalisation, sigma) and the certify command; exits with status 2 and a one-lin
 from __future__ import annotations
 
 import sys
+import zipfile
 
 from absl import flags
 
@@ -87,8 +88,11 @@ def main(argv=None) -> int:
             accuracy, count = clean_accuracy(imported, fv.check_data)
             print(f"clean accuracy of the imported base classifier on {count} images of {fv.check_data}: "
                   f"{accuracy:.4f} (compare with the published figure)")
-    except ValueError as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:  # bad input, unreadable or unwritable path, damaged zip
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None:
+            message = f"{e.filename}: {e.strerror or type(e).__name__}"
+        print(f"{_PROG}: error: {message}", file=sys.stderr)
         return 2
     spec = imported.spec
     print(f"wrote {workdir}: model.json ({spec['model']}, {spec['num_classes']} classes, {spec['normalization']}"
