@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +59,22 @@ def write_atomically(path, content: str | Callable[[Path], object]) -> None:
     os.replace(tmp, path)
 
 
+def read_record(path, remedy: str) -> dict:
+    """The JSON object in the small record file ``path`` (model.json, train_settings.json, a log's sidecar).
+
+    Raises a one-line ValueError naming ``path`` and ending in ``remedy`` when the file cannot be read, is not
+    JSON, or holds something other than a JSON object.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}); {remedy}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not an object; {remedy}")
+    return record
+
+
 @contextlib.contextmanager
 def _orbax_errors_only():
     """Silences absl warnings (orbax's) for a while: a damaged checkpoint gets one clear error line instead."""
@@ -73,16 +90,28 @@ CHECKSUMS = "checksums.json"  # in each checkpoint's directory: {"files": {relat
 _BLOCK = 1 << 20
 
 
-def _file_digests(step_dir: Path) -> dict:
-    """sha256 (hex) of every file under ``step_dir`` except the checksums file, by POSIX path relative to it."""
-    digests = {}
-    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+_DIGESTS: dict = {}  # (path, inode, size, mtime_ns, ctime_ns) -> sha256 hex: one pass per file per process
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 (hex) of one file, hashed once per process while its inode, size, mtime and ctime are unchanged (a
+    rewrite in place changes ctime), so the checksum a job records and the one load_variables verifies cost one pass.
+    """
+    st = path.stat()
+    key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(_BLOCK):
                 digest.update(block)
-        digests[path.relative_to(step_dir).as_posix()] = digest.hexdigest()
-    return digests
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def _file_digests(step_dir: Path) -> dict:
+    """sha256 (hex) of every file under ``step_dir`` except the checksums file, by POSIX path relative to it."""
+    return {path.relative_to(step_dir).as_posix(): _file_digest(path)
+            for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)}
 
 
 def _combined(digests: dict) -> str:
@@ -249,10 +278,7 @@ def read_model_spec(workdir) -> dict | None:
     path = Path(workdir) / "model.json"
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is unreadable or corrupt ({e}); delete it or use another workdir") from None
+    return read_record(path, "delete it or use another workdir")
 
 
 def check_model_spec(workdir, spec: dict) -> None:
@@ -384,10 +410,38 @@ def load_variables(workdir, step: int | None = None) -> dict:
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(metadata))
             restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     except Exception as e:  # orbax raises many types (ValueError too) for an empty or half-deleted checkpoint.
+        _quiet_closed_loop_callbacks()
         first = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"checkpoint {_checkpoint_dir(workdir) / str(step)} cannot be loaded ({type(e).__name__}: "
                          f"{first}); it is empty or damaged, train again or delete it") from None
     return {"params": restored["params"], **(restored.get("model_state") or {})}
+
+
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+    """True for the RuntimeError a late tensorstore read raises when it calls back into orbax's closed event loop."""
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+            and any(f.name == "call_soon_threadsafe" for f in frames))
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed restore, orbax's other in-flight reads of the damaged checkpoint may finish after its event
+    loop closed; tensorstore then prints their ``Event loop is closed`` traceback from its own thread, in the middle
+    of the job's one-line error. This drops exactly those (sys.excepthook and sys.unraisablehook) and nothing else."""
+    if getattr(sys.excepthook, "_smoothjax_quiet", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def quiet_excepthook(exc_type, exc, tb):
+        if not _is_closed_loop_callback(exc_type, exc, tb):
+            excepthook(exc_type, exc, tb)
+
+    def quiet_unraisablehook(args):
+        if not _is_closed_loop_callback(args.exc_type, args.exc_value, args.exc_traceback):
+            unraisablehook(args)
+
+    quiet_excepthook._smoothjax_quiet = True
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
 
 
 def load_model(workdir, step: int | None = None):

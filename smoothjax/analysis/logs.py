@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
+
+from smoothjax.checkpointing import read_record
 
 COLUMNS = {  # the columns certify.py writes, per kind of log, in order
     "certify": ("idx", "label", "predict", "radius", "correct", "time"),
@@ -103,13 +104,7 @@ def read_settings(path) -> dict | None:
     meta = settings_path(path)
     if not meta.exists():
         return None
-    try:
-        settings = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{meta} is unreadable ({type(e).__name__}); move it and its log away") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{meta} is not a settings file; move it and its log away")
-    return settings
+    return read_record(meta, "move it and its log away")
 
 
 def log_sigma(path) -> float | None:

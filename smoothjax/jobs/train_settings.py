@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothjax import data
-from smoothjax.checkpointing import write_atomically
+from smoothjax.checkpointing import read_record, write_atomically
 
 FILE = "train_settings.json"
 _FINGERPRINT_EXAMPLES = 512  # evenly spaced examples hashed to tell one data set from another, cheaply
@@ -60,12 +60,7 @@ def check(workdir, record: dict, legacy_spec: dict | None, resuming: bool) -> st
     """
     path = Path(workdir) / FILE
     if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path} is unreadable ({type(e).__name__}); restore it or use a new --workdir") from None
-        if not isinstance(old, dict):
-            raise ValueError(f"{path} is not a settings record; restore it or use a new --workdir")
+        old = read_record(path, "restore it or use a new --workdir")
     elif resuming:
         old = {k: legacy_spec[v] for k, v in _LEGACY.items() if legacy_spec and v in legacy_spec}
     else:
