@@ -99,3 +99,28 @@ def test_a_row_is_rederived_from_the_committed_workdir(log, test_set):
     assert f"{radius:.3}" == row["radius"]  # the log's format: the reference's {:.3}
     if samples is not None:
         assert samples == int(row["samples"])
+
+
+RUNS = sorted(p for p in RESULTS.glob("*") if (p / "checkpoints").is_dir()) if RESULTS.is_dir() else []
+
+
+@pytest.mark.skipif(not RUNS, reason="no committed results/cifar10 workdirs")
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_committed_checkpoints_verify_and_are_the_ones_the_logs_were_made_from(run):
+    # hashlib over the committed files (the oracle) against checksums.json, and the checksum in every log sidecar
+    # that records one against the checkpoint it names.
+    import hashlib
+
+    from smoothjax import checkpointing
+
+    for step_dir in (p for p in (run / "checkpoints").iterdir() if p.name.isdigit()):
+        record = json.loads((step_dir / "checksums.json").read_text())
+        files = {p.relative_to(step_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in step_dir.rglob("*") if p.is_file() and p.name != "checksums.json"}
+        assert record["files"] == files, f"{step_dir}: checksums.json does not match its files"
+        assert checkpointing.verify_checkpoint(step_dir) == (record["checksum"], True)
+    for sidecar in (run / "certify").glob("*.tsv.json"):
+        settings = json.loads(sidecar.read_text())
+        if "checkpoint_checksum" in settings:
+            step_dir = run / "checkpoints" / str(settings["checkpoint_step"])
+            assert settings["checkpoint_checksum"] == json.loads((step_dir / "checksums.json").read_text())["checksum"]
