@@ -349,6 +349,24 @@ def test_cli_certification_and_prediction_logs(tmp_path):
     assert latex.stdout.splitlines()[2] == f"{cert} & \\textbf{{0.40}} & \\textbf{{0.350}}\\\\"
 
 
+def test_cli_same_images_compares_a_partial_log_on_the_images_it_covers(tmp_path):
+    cert = write(tmp_path, "cert.tsv", HEADER + "\n".join(CERT_ROWS) + "\n")
+    partial = write(tmp_path, "partial.tsv", HEADER + "1\t2\t2\t0.3\t1\t1\n3\t4\t4\t0.6\t1\t1\n")
+    result = run_cli(cert, partial, "--radii", "0,0.5", "--labels=full,partial", "--same_images")
+    assert result.returncode == 0, result.stderr
+    # By hand, idx 1 and 3 only: full has radius 1.0 (correct) and a wrong prediction; partial 0.3 and 0.6, both right.
+    assert result.stdout.splitlines() == [
+        "2 images every log has (idx 1 to 3)",
+        "|  | r = 0.0 |r = 0.5 |ACR |",
+        "| --- |  --- | --- | --- |",
+        "<b> full </b>| 0.50 |0.50<b>*</b> |0.500<b>*</b> |",
+        "<b> partial </b>| 1.00<b>*</b> |0.50 |0.450 |",
+    ]
+    disjoint = write(tmp_path, "disjoint.tsv", HEADER + "9\t2\t2\t0.3\t1\t1\n")
+    result = run_cli(cert, disjoint, "--same_images")
+    assert result.returncode == 2 and result.stderr.strip() == "error: --same_images: the 2 logs have no idx in common"
+
+
 def test_cli_plot(tmp_path):
     pytest.importorskip("matplotlib")
     cert = write(tmp_path, "cert.tsv", HEADER + "\n".join(CERT_ROWS) + "\n")

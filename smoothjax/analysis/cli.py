@@ -1,12 +1,13 @@
 """Command line of ``python -m smoothjax.analysis``: tables and summaries of certify / predict logs.
 
     python -m smoothjax.analysis LOG [LOG ...] [--radii=0,0.25,0.5 | --radii=start:stop:step] [--latex]
-                                 [--labels=L1,L2,...] [--plot=out.png] [--no-acr]
+                                 [--labels=L1,L2,...] [--plot=out.png] [--no-acr] [--same_images]
 
 Certification logs give a certified-accuracy table (markdown or LaTeX; ``--plot`` writes a PNG); sequential logs
 add samples per image; prediction logs give accuracy and abstention; attacked prediction logs (``predict_<attack
 name>_sigma_<sigma>.tsv``) give the empirical robust accuracy per attack radius next to the certified accuracy of
-the certification log with the same sigma (from the logs' settings sidecars, else their names). Flags are absl flags;
+the certification log with the same sigma (from the logs' settings sidecars, else their names). ``--same_images``
+keeps only the images (idx) every LOG has, e.g. to set a partial log beside a complete one. Flags are absl flags;
 ``--labels`` is a comma-separated list, one label per LOG.
 """
 
@@ -33,6 +34,8 @@ def _flags() -> flags.FlagValues:
     flags.DEFINE_list("labels", None, "one row label per LOG, comma-separated (default: the paths)", flag_values=fv)
     flags.DEFINE_string("plot", None, "also write a certified-accuracy plot to this PNG file", flag_values=fv)
     flags.DEFINE_boolean("no-acr", False, "omit the ACR column (reference layout)", flag_values=fv)
+    flags.DEFINE_boolean("same_images", False, "keep only the idx every LOG has (compare a partial log on the "
+                         "images it covers)", flag_values=fv)
     return fv
 
 
@@ -69,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(labels) != len(paths):
             raise ValueError(f"{len(labels)} --labels for {len(paths)} logs; give one label per LOG")
         logs = [read_log(p) for p in paths]
+        if fv.same_images:
+            common = sorted(set.intersection(*(set(log.idx.tolist()) for log in logs)))
+            if not common:
+                raise ValueError(f"--same_images: the {len(logs)} logs have no idx in common")
+            logs = [log.restrict(common) for log in logs]
+            print(f"{len(common)} images every log has (idx {common[0]} to {common[-1]})")
         cert = [(log, lab) for log, lab in zip(logs, labels) if log.is_certification]
         pred = [(log, lab) for log, lab in zip(logs, labels) if not log.is_certification]
         if cert:

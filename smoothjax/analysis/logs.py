@@ -141,6 +141,17 @@ class EvalLog:
     def __len__(self) -> int:
         return int(self.idx.shape[0])
 
+    def restrict(self, idx) -> "EvalLog":
+        """The rows of this log whose ``idx`` is in ``idx`` (any int sequence), in the log's order: to compare a
+        partial log with a complete one on the same images. Raises a one-line ValueError when none is."""
+        keep = np.isin(self.idx, np.asarray(idx, dtype=np.int64))
+        if not keep.any():
+            raise ValueError(f"{self.path}: none of its {len(self)} rows has an idx among the {len(idx)} asked for")
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        return dataclasses.replace(self, idx=self.idx[keep], label=self.label[keep], predict=self.predict[keep],
+                                   radius=pick(self.radius), correct=self.correct[keep], time=self.time[keep],
+                                   extra={k: v[keep] for k, v in self.extra.items()})
+
 
 def parse_time(text: str) -> float:
     """Parses a ``time`` cell into float seconds.
