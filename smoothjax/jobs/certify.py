@@ -29,8 +29,10 @@ from smoothjax.jobs.reporting import Reporter
 from smoothjax.models import make_apply_fn, with_compute_dtype
 
 # config.certify.key_impl -> JAX's PRNG implementation of the noise. rbg and unsafe_rbg draw their bits with XLA's
-# RngBitGenerator (fast on GPU/TPU); unsafe_rbg also derives keys (split, fold_in) without the statistical guarantees
-# of threefry's, so keys of different images are not certified independent streams (JAX's docs on jax.random).
+# RngBitGenerator (fast on GPU/TPU); unsafe_rbg also derives keys (split, fold_in) without threefry's statistical
+# guarantees. Neither is exact under vmap over keys (JAX's docs on jax.random; checked on CPU): an image's draws then
+# depend on the other images of its step, so rows depend on images_per_step and on where a resumed run starts. Each row
+# is still a valid certificate; only threefry makes a row a function of its image index alone.
 KEY_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
 
 
@@ -144,9 +146,9 @@ def certify_workdir(config, workdir: str) -> Path:
 
 
 def image_keys(seed: int, idx: jax.Array, key_impl: str = "threefry") -> jax.Array:
-    """(N,) typed keys of the images ``idx`` (N,) int32: ``fold_in(key(seed, impl), idx)``, so a row depends only on
-    its image's index, never on batching, devices or restarts. ``key_impl`` names the PRNG (``KEY_IMPLS``);
-    threefry is JAX's ``threefry2x32``, the keys of every log written before the option existed."""
+    """(N,) typed keys of the images ``idx`` (N,) int32: ``fold_in(key(seed, impl), idx)``. With threefry (JAX's
+    ``threefry2x32``, the keys of every log written before the option existed) a row depends only on its image's
+    index, never on batching, devices or restarts; rbg and unsafe_rbg draw differently under vmap (``KEY_IMPLS``)."""
     root = jax.random.key(seed, impl=KEY_IMPLS[key_impl])
     return jax.vmap(lambda i: jax.random.fold_in(root, i))(idx)
 
