@@ -3,7 +3,8 @@
 * certification: noisy forward passes per second of ``SmoothedClassifier.sample_counts`` (CIFAR ResNet-110 on
   32x32x3 and ImageNet ResNet-50 on 224x224x3), and the compile time of the program;
 * training: images per second of the data-parallel Gaussian-augmentation train step (``train_throughput.make_step``);
-* SmoothAdv: image-steps per second of ``smooth_pgd_l2`` (m noise draws per image), and its compile time.
+* SmoothAdv: image-steps per second of ``smooth_pgd_l2`` (m noise draws per image), and its compile time, with the
+  backend's default step loop (unrolled on CPU, a ``lax.fori_loop`` elsewhere) and with the other one (``unroll``).
 
     python benchmarks/accelerator.py                 # full sizes: for a GPU or TPU
     python benchmarks/accelerator.py --quick         # tiny models and batches: checks the script on a CPU
@@ -30,9 +31,9 @@ _OUT = flags.DEFINE_string("json", "", "JSON results ('' = benchmarks/results/ac
 
 def settings(quick: bool) -> dict:
     """Model names, kwargs, image shapes and work sizes: the paper's shapes, or tiny ones with ``quick``."""
-    if quick:
-        return {"cifar": ("cifar_resnet20", {}, (32, 32, 3)), "imagenet": ("resnet50", {"stage_sizes": (1, 1, 1, 1),
-                "base_width": 8}, (64, 64, 3)), "images": 2, "n": 16, "batch": 8, "train_batch": 8, "steps": 2, "m": 2}
+    if quick:  # small enough to finish on a busy 2-core CPU (bfloat16 convolutions are slow on XLA:CPU)
+        return {"cifar": ("cifar_resnet8", {}, (16, 16, 3)), "imagenet": ("resnet50", {"stage_sizes": (1, 1, 1, 1),
+                "base_width": 4}, (32, 32, 3)), "images": 2, "n": 16, "batch": 8, "train_batch": 4, "steps": 2, "m": 2}
     return {"cifar": ("cifar_resnet110", {}, (32, 32, 3)), "imagenet": ("resnet50", {}, (224, 224, 3)), "images": 8,
             "n": 1000, "batch": 250, "train_batch": 256, "steps": 10, "m": 8}
 
@@ -63,7 +64,7 @@ def train_row(name, kw, dtype, s):
     return {**timing.summary(times["t"], s["train_batch"], "images_per_s"), "parameters": params}
 
 
-def attack_row(name, kw, shape, dtype, s):
+def attack_row(name, kw, shape, dtype, s, unroll=None):
     model = get_model(name, 10, dtype=dtype, **kw)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
     apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
@@ -71,7 +72,7 @@ def attack_row(name, kw, shape, dtype, s):
     x, y = jax.random.uniform(jax.random.key(1), (b, *shape)), jnp.zeros((b,), jnp.int32)
     eta = 0.25 * jax.random.normal(jax.random.key(2), (s["m"], b, *shape))
     attack = lambda v, xs, e: smoothadv.smooth_pgd_l2(apply_fn, v, xs, y, e, epsilon=0.5,  # noqa: E731
-                                                      num_steps=s["steps"], key=jax.random.key(3))
+                                                      num_steps=s["steps"], key=jax.random.key(3), unroll=unroll)
     run, seconds = compiled(attack, variables, x, eta)
     times = timing.time_calls({"a": lambda: jax.block_until_ready(run(variables, x, eta))}, rounds=_ROUNDS.value)
     return {**timing.summary(times["a"], b * s["steps"], "image_steps_per_s"), "compile_s": round(seconds, 2)}
@@ -84,7 +85,10 @@ def main(argv):
         for task, (name, kw, shape) in (("cifar", s["cifar"]), ("imagenet", s["imagenet"])):
             rows[f"certify_{task}_{dtype}"] = certification_row(name, kw, shape, dtype, s)
         rows[f"train_cifar_{dtype}"] = train_row(*s["cifar"][:2], dtype, s)
-        rows[f"smoothadv_cifar_{dtype}"] = attack_row(*s["cifar"], dtype, s)
+        rows[f"smoothadv_cifar_{dtype}"] = attack_row(*s["cifar"], dtype, s)  # the default: unrolled on CPU only
+        other = jax.default_backend() != "cpu"  # and the other loop (smoothjax.loops), for its compile time
+        rows[f"smoothadv_cifar_{dtype}_{'unrolled' if other else 'fori_loop'}"] = attack_row(*s["cifar"], dtype, s,
+                                                                                               unroll=other)
     print(f"| {jax.default_backend()} ({jax.device_count()} devices) | rate | min-max | compile s |\n|---|---|---|---|")
     for key, row in rows.items():
         unit = next(k for k in row if k.endswith("_per_s"))

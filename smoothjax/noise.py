@@ -69,6 +69,19 @@ def add_gaussian_noise(key: jax.Array, images: jax.Array, sigma: float) -> jax.A
     return images.astype(jnp.float32) + gaussian_noise(key, images.shape, sigma, jnp.float32)
 
 
+def add_channel_noise(key: jax.Array, images: jax.Array, noise_sd) -> jax.Array:
+    """Returns ``images + noise_sd * z`` in float32 (same shape), z ~ N(0, I) drawn in float32, without clipping.
+
+    As ``add_gaussian_noise``, but ``noise_sd`` may be traced (a jitted noise sweep compiles once) and may hold one
+    standard deviation per channel: a float or a (C,) array in pixel units, broadcast against the last axis of
+    ``images`` (any shape, typically (B, H, W, C) in [0, 1], any float dtype). Not checked (it may be traced):
+    callers check it once outside jit (``siam.evaluation.as_noise_sd``). Float32 images give exactly
+    ``images + noise_sd * normal(key, images.shape)``; bfloat16 images the float32 result of the widened images.
+    """
+    sd = jnp.asarray(noise_sd, jnp.float32)
+    return images.astype(jnp.float32) + sd * jax.random.normal(key, images.shape, jnp.float32)
+
+
 def noisy_copies(key: jax.Array, images: jax.Array, sigma: float, num_copies: int) -> jax.Array:
     """Returns ``num_copies`` independently noised copies of a batch.
 

@@ -205,11 +205,43 @@ def test_ddn_mode_decision_and_cosine_schedule_against_reference_formulas():
     np.testing.assert_array_equal(attacks._mode(preds, 4), [1, 0])
 
 
+@pytest.mark.parametrize("attack", ["pgd", "no_grad", "ddn"])
+def test_loop_and_unrolled_steps_give_the_same_attack(attack):
+    """unroll=False (a lax.fori_loop, the default off CPU) and unroll=True (the CPU default) run the same steps:
+    the step index, the fold_in keys and DDN's cosine rates are the same either way. They are not bit for bit equal
+    on XLA:CPU (the loop body is fused differently: 1-ulp differences, 1.2e-7 here), so allclose; the CPU default
+    (None) is exactly the unrolled program, what main ran before the option existed."""
+    model = get_model("small_cnn", 10)
+    apply_fn = make_apply_fn(model)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(0, 1, (4, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 4))
+    v = model.init(jax.random.key(4), x)
+    noise = 0.5 * jax.random.normal(jax.random.key(5), (3, 4, 8, 8, 1))
+    if attack == "ddn":  # labels the model gets right, so that delta = 0 is not already adversarial
+        y = jnp.argmax(apply_fn(v, x), -1)
+
+    def run(xx, unroll):
+        if attack == "ddn":
+            return attacks.smooth_ddn(apply_fn, v, xx, y, noise, epsilon=1.0, num_steps=5, init_norm=0.5, key=KEY,
+                                      unroll=unroll)
+        return attacks.smooth_pgd_l2(apply_fn, v, xx, y, noise, epsilon=1.0, num_steps=5, no_grad=attack == "no_grad",
+                                     key=KEY, unroll=unroll)
+
+    run = jax.jit(run, static_argnums=1)
+    looped, unrolled = run(x, False), run(x, True)
+    assert jax.default_backend() == "cpu"
+    np.testing.assert_allclose(np.asarray(looped), np.asarray(unrolled), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(run(x, None)), np.asarray(unrolled))  # the CPU default
+    assert float(np.max(np.abs(np.asarray(unrolled) - np.asarray(x)))) > 1e-3  # the attack moved
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,message", [
     (dict(epsilon=-1.0, num_steps=2), "epsilon=-1.0 is not allowed"),
     (dict(epsilon=0.5, num_steps=0), "num_steps=0 is not allowed"),
     (dict(epsilon=0.5, num_steps=2, no_grad=True), "no_grad=True needs m > 1"),
+    (dict(epsilon=0.5, num_steps=2, unroll="auto"), "unroll='auto' is not allowed; use None"),
 ])
 def test_bad_arguments_raise_one_line_errors(kwargs, message):
     v = linear_variables(2)

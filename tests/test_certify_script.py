@@ -136,6 +136,31 @@ def test_tag_names_a_second_log_and_an_older_sidecar_is_continued_and_upgraded(w
                                                "checkpoint_checksum": checksum}  # no path any more
 
 
+def test_rbg_keys_are_recorded_and_a_run_resumes(reference, workdir):
+    """key_impl=rbg: the sidecar records it (a threefry sidecar never names key_impl, so the committed logs
+    continue), a second run keeps the rows of the first and appends the rest, a threefry run may not continue an rbg
+    log, and a bad key_impl is a one-line error before anything is written. (rbg's draws are not exact under vmap
+    over keys, so its rows depend on the batching too: no per-image oracle here, see docs/certification.md.)"""
+    assert "key_impl" not in json.loads(Path(str(reference[0]) + ".json").read_text())
+    args = [f"--config.certify.n={N}", f"--config.certify.n0={N0}", f"--config.certify.batch_size={BATCH}"]
+    _ok(_certify(workdir, *args, "--config.certify.max=3", "--config.certify.key_impl=rbg"))
+    log = workdir / "certify" / "certify_sigma_0.25.tsv"
+    assert json.loads(Path(str(log) + ".json").read_text())["key_impl"] == "rbg"
+    first = _rows(log)
+    _ok(_certify(workdir, *args, "--config.certify.max=5", "--config.certify.key_impl=rbg"))
+    rows = _rows(log)
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4] and rows[:3] == first
+    for r in rows:  # label, prediction (-1 = abstain), radius >= 0 (0 when abstaining), correct
+        assert int(r[2]) in range(-1, 10) and float(r[3]) >= 0 and r[4] == str(int(r[1] == r[2]))
+    assert [r[3] for r in rows] != [r[3] for r in _rows(reference[0])[:5]]  # other noise than threefry's
+    proc = _certify(workdir, *args, "--config.certify.max=6")
+    assert proc.returncode != 0 and "key_impl" in proc.stderr and [int(r[0]) for r in _rows(log)] == [0, 1, 2, 3, 4]
+    proc = _certify(workdir, *args, "--config.certify.key_impl=philox", "--config.certify.tag=bad")
+    assert proc.returncode != 0
+    assert "certify.key_impl='philox' is not allowed; choose one of: threefry, rbg, unsafe_rbg" in proc.stderr
+    assert not (workdir / "certify" / "certify_bad_sigma_0.25.tsv").exists()
+
+
 # ------------------------------------------------------------------------------------------------ oracles
 def test_rows_do_not_depend_on_batching_and_equal_direct_certify(reference, workdir, oracle):
     _ok(_certify(workdir, *SMALL, "--config.certify.images_per_step=1"))

@@ -83,8 +83,8 @@ def test_at_most_ten_top_level_modules_beside_at_least_five_subpackages():
 # The layers: a module may import its own layer or lower ones, never higher. The old paths kept as re-exports, and the
 # package root (``smoothjax.SmoothedClassifier``, loaded lazily), sit above everything, so nothing in the library
 # depends on them.
-CORE = ("smoothjax.noise", "smoothjax.training", "smoothjax.parallel", "smoothjax.checkpointing", "smoothjax.models",
-        "smoothjax.data", "smoothjax.analysis")
+CORE = ("smoothjax.noise", "smoothjax.loops", "smoothjax.training", "smoothjax.parallel", "smoothjax.checkpointing",
+        "smoothjax.models", "smoothjax.data", "smoothjax.analysis")
 METHODS = ("smoothjax.certification", "smoothjax.smoothadv", "smoothjax.siam", "smoothjax.torch_import",
            "smoothjax.certified_training")
 OLD_PATHS = ("smoothjax.sequential", "smoothjax.attacks", "smoothjax.smoothing", "smoothjax.robustness_eval")

@@ -98,3 +98,61 @@ def test_models_build_in_bfloat16(name, shape, kw):
     scale = float(jnp.max(jnp.abs(ref))) + 1e-6
     err = float(jnp.max(jnp.abs(logits - ref))) / scale
     assert 0 < err < 0.1  # rounded to bfloat16 (so not float32), close to the float32 network
+
+
+# SIAM's evaluation and NAttack, computed on main at 5871db7 (before their noise moved to float32) with the setup of
+# _siam_numbers, under the tests' XLA flags (conftest): the float32 numbers must not move.
+PINNED_SIAM = {"scores": "3efc573253394344", "builtin": "a948dd808eb47dd8", "pgd": "6b3050f6d0dd1358",
+               "nattack": "7c611369eec7b7e6"}
+
+
+def _siam_numbers(x):
+    """The smoothed scores (noisy_apply_fn, m = 4), the model's built-in input noise, EPGD and one NAttack step."""
+    from smoothjax.siam import evaluation, inference, linf_attacks
+    from smoothjax.siam.nattack import make_nattack_step
+
+    model = models.get_model("cifar_resnet8_pni", 10, noise_sd=0.1)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    y, key = jnp.array([1, 2]), jax.random.key(3)
+    one = evaluation.noisy_apply_fn(model, jnp.asarray(evaluation.as_noise_sd(0.1, 3)))
+    step = make_nattack_step(lambda im: jax.nn.softmax(im.reshape(im.shape[0], -1)[:, :10] * 5.0, -1), population=6)
+    mu = 0.001 * jax.random.normal(jax.random.key(5), x.shape)
+    mu_new, _, adv = step(x, y, mu, jnp.zeros((2,), bool), jax.random.key(6), 0.03)
+    return {"scores": inference.smoothed_scores(key, one, v, x, num_samples=4, mode="mean_logits"),
+            "builtin": models.make_stochastic_apply_fn(model)(v, x, key),
+            "pgd": linf_attacks.pgd_linf(one, v, x, y, key, epsilon=8 / 255, num_steps=3, num_passes=2),
+            "nattack": jnp.concatenate([mu_new.ravel(), adv.ravel()])}
+
+
+def test_siam_noise_is_float32_whatever_the_image_dtype():
+    """Float32 images: SIAM's evaluation, the stochastic ResNet's input noise, EPGD and NAttack give the numbers of
+    main before the change (hashes). Bfloat16 images: exactly the numbers of their float32 copies."""
+    x32 = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+    got = _siam_numbers(x32)
+    assert {k: _digest(v) for k, v in got.items()} == PINNED_SIAM
+    x16 = x32.astype(jnp.bfloat16)
+    low, wide = _siam_numbers(x16), _siam_numbers(x16.astype(jnp.float32))
+    for name in PINNED_SIAM:
+        assert low[name].dtype == jnp.float32, name
+        np.testing.assert_array_equal(np.asarray(low[name]), np.asarray(wide[name]), err_msg=name)
+
+
+# sample_counts on the job's per-image keys fold_in(key(0), idx), idx = 0, 5, 7, computed on main at 5871db7 (before
+# config.certify.key_impl existed) with the setup of ``setup``: the threefry default must not move.
+PINNED_JOB_KEY_COUNTS = [[1, 114, 91, 4, 17, 14, 1, 56, 2, 0], [8, 146, 86, 0, 21, 8, 0, 31, 0, 0],
+                         [9, 57, 172, 0, 12, 12, 0, 32, 5, 1]]
+
+
+def test_default_key_impl_gives_the_counts_of_before_and_rbg_other_valid_counts(setup):
+    from smoothjax.jobs.certify import image_keys
+
+    apply_fn, variables, x = setup
+    idx = jnp.array([0, 5, 7], jnp.int32)
+    counts = {impl: np.asarray(certification.sample_counts(image_keys(0, idx, impl), apply_fn, variables, x,
+                                                           sigma=0.5, num=300, batch_size=100, num_classes=10))
+              for impl in ("threefry", "rbg", "unsafe_rbg")}
+    assert counts["threefry"].tolist() == PINNED_JOB_KEY_COUNTS
+    for impl in ("rbg", "unsafe_rbg"):
+        assert counts[impl].sum(1).tolist() == [300] * 3 and counts[impl].tolist() != PINNED_JOB_KEY_COUNTS, impl
+        # the same smoothed classifier: top class agrees on these clear-cut images
+        assert counts[impl].argmax(1).tolist() == counts["threefry"].argmax(1).tolist(), impl

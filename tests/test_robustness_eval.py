@@ -130,3 +130,33 @@ def test_command_writes_every_output(trained, tmp_path):
     assert rows[0]["clean"] == rows[1]["clean"] == pytest.approx(plain)
     for r in rows:
         assert 0 <= r["nattack"] <= r["clean"] and 0 <= r["pgd"] <= r["clean"] + 1 / 16
+
+
+def test_config_dtype_is_the_compute_dtype_and_is_recorded(trained, tmp_path):
+    """``config.dtype=bfloat16`` evaluates the model computing in bfloat16 (clean accuracy at noise 0 and m = 1 is
+    the bfloat16 model's own, re-computed here) and every row says so; float32 rows have no dtype column (the
+    committed results keep their columns); a dtype that is not allowed is a one-line error before any output."""
+    from configs import digits
+    from smoothjax import checkpointing, data
+    from smoothjax.jobs.evaluate import evaluate_workdir
+    from smoothjax.models import with_compute_dtype
+
+    config = digits.get_config()
+    config.evaluate.update(max_images=16, batch_size=8, noise_sd="0.0", m_test="1", attacks="clean",
+                           out=str(tmp_path / "bf16"))
+    config.dtype = "bfloat16"
+    rows = evaluate_workdir(config, trained)
+    assert [r["dtype"] for r in rows] == ["bfloat16"]
+    assert (tmp_path / "bf16" / "results.tsv").read_text().splitlines()[0].split("\t")[-1] == "dtype"
+    model, variables = checkpointing.load_model(trained)
+    spec = checkpointing.read_model_spec(trained)
+    images, labels = data.load_examples(data.get_source(spec.get("train_dataset", spec["dataset"]), "test"),
+                                        np.arange(16))
+    logits = make_apply_fn(with_compute_dtype(model, "bfloat16"))(variables, jnp.asarray(images))
+    assert rows[0]["clean"] == pytest.approx(np.mean(np.argmax(np.asarray(logits), -1) == labels))
+    config.dtype, config.evaluate.out = "float32", str(tmp_path / "f32")
+    assert "dtype" not in evaluate_workdir(config, trained)[0]
+    config.dtype, config.evaluate.out = "int8", str(tmp_path / "bad")
+    with pytest.raises(ValueError, match="dtype='int8' is not allowed; choose one of: float32, bfloat16, float16"):
+        evaluate_workdir(config, trained)
+    assert not (tmp_path / "bad").exists()

@@ -53,14 +53,29 @@ def test_epgd_gradient_is_the_mean_of_per_pass_gradients(pni_model, pass_loop):
 
 def test_pgd_reaches_the_closed_form_worst_case_of_a_linear_model():
     """For 2-class logits (0, w.x + b) the worst L-inf perturbation is -eps * sign(w) for label 1 (then clipped);
-    PGD with enough steps from no random start must find it exactly."""
+    PGD with enough steps from no random start must find it exactly, whether the model is written in the
+    stochastic convention (variables, images, key) or the deterministic one (variables, images)."""
     w = jnp.array([1.0, -2.0, 0.5, 3.0])
-    apply_fn = lambda v, x, k: jnp.stack([jnp.zeros(x.shape[0]), x.reshape(x.shape[0], -1) @ w], -1)  # noqa: E731
+    deterministic = lambda v, x: jnp.stack([jnp.zeros(x.shape[0]), x.reshape(x.shape[0], -1) @ w], -1)  # noqa: E731
     x = jnp.array([[0.5, 0.5, 0.02, 0.98]]).reshape(1, 1, 2, 2)
-    x_adv = pgd_linf(apply_fn, None, x, jnp.array([1]), jax.random.key(0), epsilon=0.05, num_steps=8,
-                     random_start=False)
     want = np.clip(np.asarray(x).reshape(-1) - 0.05 * np.sign(np.asarray(w)), 0, 1)
-    np.testing.assert_allclose(np.asarray(x_adv).reshape(-1), want, atol=1e-7)
+    for apply_fn in (lambda v, x, k: deterministic(v, x), deterministic):
+        x_adv = pgd_linf(apply_fn, None, x, jnp.array([1]), jax.random.key(0), epsilon=0.05, num_steps=8,
+                         random_start=False)
+        np.testing.assert_allclose(np.asarray(x_adv).reshape(-1), want, atol=1e-7)
+
+
+def test_loop_and_unrolled_pgd_give_the_same_attack(pni_model):
+    """EPGD's steps in a lax.fori_loop (unroll=False, the default off CPU) equal the unrolled steps (the CPU
+    default). Sign steps amplify 1-ulp gradient differences only where a gradient entry is ~0, so equal here."""
+    apply_fn, variables, x, y = pni_model
+    run = jax.jit(lambda xx, unroll: pgd_linf(apply_fn, variables, xx, y, jax.random.key(2), epsilon=8 / 255,
+                                              num_steps=3, num_passes=2, unroll=unroll), static_argnums=1)
+    looped, unrolled = run(x, False), run(x, True)
+    np.testing.assert_array_equal(np.asarray(looped), np.asarray(unrolled))
+    assert float(np.max(np.abs(np.asarray(unrolled) - np.asarray(x)))) > 1e-3
+    with pytest.raises(ValueError, match="unroll=1 is not allowed"):
+        pgd_linf(apply_fn, variables, x, y, jax.random.key(2), num_steps=1, unroll=1)
 
 
 def test_project_linf_and_bad_arguments():

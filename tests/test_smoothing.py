@@ -105,3 +105,58 @@ def test_bad_arguments_raise_one_line_errors():
     with pytest.raises(ValueError, match="num_samples=0"):
         smoothing.smoothed_predict(jax.random.key(0), _fake_apply, {"w": jnp.zeros((12, 5))}, jnp.zeros((1, 2, 2, 3)),
                                    num_samples=0, mode="vote")
+
+
+def _deterministic_apply(variables, images):
+    return images.reshape(images.shape[0], -1) @ variables["w"]
+
+
+def test_smoothed_predict_returns_one_class_per_image_like_certification_predict():
+    variables = {"w": jax.random.normal(jax.random.key(1), (12, 5)) * 0.3}
+    x = jax.random.uniform(jax.random.key(2), (6, 2, 2, 3))
+    key, m = jax.random.key(3), 9
+    passes = np.stack([np.asarray(_fake_apply(variables, x, k)) for k in jax.random.split(key, m)])
+    got = smoothing.smoothed_predict(key, _fake_apply, variables, x, num_samples=m, mode="vote")
+    assert got.shape == (6,) and got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), _numpy_top_k(_numpy_scores(passes, "vote"), 1)[:, 0])
+
+
+def test_deterministic_apply_fn_is_one_pass_and_refuses_identical_passes():
+    """The one convention: a deterministic apply_fn(variables, images) smooths over m = 1 (its own argmax) and
+    raises for m > 1, also when it comes wrapped by make_stochastic_apply_fn (which marks it deterministic)."""
+    from smoothjax.models import get_model, is_stochastic, make_apply_fn, make_stochastic_apply_fn
+
+    variables = {"w": jax.random.normal(jax.random.key(1), (12, 5))}
+    x = jax.random.uniform(jax.random.key(2), (4, 2, 2, 3))
+    want = np.argmax(np.asarray(x).reshape(4, -1) @ np.asarray(variables["w"]), -1)
+    for mode in ("vote", "single"):
+        got = smoothing.smoothed_predict(jax.random.key(0), _deterministic_apply, variables, x, num_samples=1,
+                                         mode=mode)
+        np.testing.assert_array_equal(np.asarray(got), want)
+    with pytest.raises(ValueError, match="num_samples=4 passes of a deterministic apply_fn"):
+        smoothing.smoothed_predict(jax.random.key(0), _deterministic_apply, variables, x, num_samples=4, mode="vote")
+    model = get_model("small_cnn", 10)
+    assert not is_stochastic(make_apply_fn(model)) and not is_stochastic(make_stochastic_apply_fn(model))
+    assert is_stochastic(_fake_apply) and is_stochastic(make_stochastic_apply_fn(get_model("cifar_resnet8_pni", 10)))
+    mv = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    with pytest.raises(ValueError, match="num_samples=3 passes"):
+        smoothing.smoothed_scores(jax.random.key(0), make_stochastic_apply_fn(model), mv, jnp.zeros((2, 8, 8, 1)),
+                                  num_samples=3, mode="mean_logits")
+
+
+def test_noisy_apply_fn_smooths_a_deterministic_model_with_gaussian_input_noise():
+    """siam.noisy_apply_fn gives a deterministic model input noise: its m passes are the model on x + sd * z_j
+    with z_j = normal(split(split(key, m)[j])[0]) (re-derived here pass by pass)."""
+    from smoothjax.models import get_model, make_apply_fn
+    from smoothjax.siam.evaluation import noisy_apply_fn
+
+    model = get_model("small_cnn", 10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    x = jax.random.uniform(jax.random.key(2), (3, 8, 8, 1))
+    sd, key, m = 0.3, jax.random.key(4), 5
+    got = smoothing.stochastic_logits(key, noisy_apply_fn(model, jnp.float32(sd)), variables, x, num_samples=m)
+    base = make_apply_fn(model)
+    for j, k in enumerate(jax.random.split(key, m)):
+        z = jax.random.normal(jax.random.split(k)[0], x.shape)
+        np.testing.assert_allclose(np.asarray(got[j]), np.asarray(base(variables, x + sd * z)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(got[0]), np.asarray(got[1]))

@@ -28,6 +28,13 @@ from smoothjax.jobs.certify_log import LogFile, check
 from smoothjax.jobs.reporting import Reporter
 from smoothjax.models import make_apply_fn, with_compute_dtype
 
+# config.certify.key_impl -> JAX's PRNG implementation of the noise. rbg and unsafe_rbg draw their bits with XLA's
+# RngBitGenerator (fast on GPU/TPU); unsafe_rbg also derives keys (split, fold_in) without threefry's statistical
+# guarantees. Neither is exact under vmap over keys (JAX's docs on jax.random; checked on CPU): an image's draws then
+# depend on the other images of its step, so rows depend on images_per_step and on where a resumed run starts. Each row
+# is still a valid certificate; only threefry makes a row a function of its image index alone.
+KEY_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
+
 
 def certify_workdir(config, workdir: str) -> Path:
     """Runs the mode of ``config.certify`` on the newest checkpoint of ``workdir``; returns the log path.
@@ -35,8 +42,9 @@ def certify_workdir(config, workdir: str) -> Path:
     Settings (``config.certify``, defaults in ``smoothjax/jobs/defaults.py``): ``sigma`` (None = the training sigma in
     ``model.json``; pixel units), ``n0``, ``n``, ``alpha``, ``batch_size`` (noisy copies of one image per forward
     pass), ``skip`` (every skip-th image of the split), ``max`` (at most this many of those, -1 = all), ``split``,
-    ``mode`` and the options of the modes (``certify_modes``), ``seed``, ``images_per_step`` (rounded up to a
-    multiple of the global device count), ``tag``. Guarantee of each row: that of the mode's certificate
+    ``mode`` and the options of the modes (``certify_modes``), ``seed``, ``key_impl`` (``KEY_IMPLS``; recorded in
+    the log's settings unless threefry), ``images_per_step`` (rounded up to a multiple of the global device count),
+    ``tag``. Guarantee of each row: that of the mode's certificate
     (``certification.certify``, ``certify_sequential``, ...). Raises a one-line ValueError, having written nothing,
     on bad settings, a missing or damaged checkpoint, data that does not fit the model, or a log in the way that was
     made with other settings; on several processes every process raises the same one. Every process returns the
@@ -51,6 +59,9 @@ def certify_workdir(config, workdir: str) -> Path:
     sigma = float(spec["sigma"] if cc.sigma is None else cc.sigma)
     mode = certify_modes.get(cc)
     mode.validate(cc, sigma)  # No JAX call so far: a bad command fails on every process before any collective.
+    key_impl = cc.get("key_impl", "threefry")
+    if key_impl not in KEY_IMPLS:
+        raise ValueError(f"certify.key_impl={key_impl!r} is not allowed; choose one of: {', '.join(KEY_IMPLS)}")
     parallel.initialize_distributed(**config.distributed)
 
     with parallel.together():
@@ -73,6 +84,8 @@ def certify_workdir(config, workdir: str) -> Path:
                     "checkpoint_step": step, "checkpoint_checksum": checksum, **mode.settings(cc, sigma)}
         if config.get("dtype", "float32") != "float32":  # recorded only when set: older logs continue
             settings["dtype"] = config.get("dtype")
+        if key_impl != "threefry":  # the same: threefry logs keep the settings they were written with
+            settings["key_impl"] = key_impl
         indices = every[: cc.max] if cc.max > 0 else every
         if out.exists() and out.stat().st_size and jax.process_index() == 0:
             check(out, settings)  # Fail fast; checked again under the lock.
@@ -85,7 +98,7 @@ def certify_workdir(config, workdir: str) -> Path:
         model = with_compute_dtype(model, config.get("dtype")) if config.get("dtype", "float32") != "float32" else model
         evaluate = mode.evaluator(cc, sigma, make_apply_fn(model), int(spec["num_classes"]))
         # Compile before writing anything: static-argument errors (e.g. n too large) must not leave a log behind.
-        run = _compile(evaluate, cc.seed, mesh, variables, per_step, tuple(src.image_shape))
+        run = _compile(evaluate, cc.seed, mesh, variables, per_step, tuple(src.image_shape), key_impl)
         variables = parallel.replicate(variables, mesh)
 
     log, reporter = None, None
@@ -132,13 +145,20 @@ def certify_workdir(config, workdir: str) -> Path:
     return out
 
 
-def _compile(evaluate, seed: int, mesh, variables, per_step: int, image_shape: tuple):
+def image_keys(seed: int, idx: jax.Array, key_impl: str = "threefry") -> jax.Array:
+    """(N,) typed keys of the images ``idx`` (N,) int32: ``fold_in(key(seed, impl), idx)``. With threefry (JAX's
+    ``threefry2x32``, the keys of every log written before the option existed) a row depends only on its image's
+    index, never on batching, devices or restarts; rbg and unsafe_rbg draw differently under vmap (``KEY_IMPLS``)."""
+    root = jax.random.key(seed, impl=KEY_IMPLS[key_impl])
+    return jax.vmap(lambda i: jax.random.fold_in(root, i))(idx)
+
+
+def _compile(evaluate, seed: int, mesh, variables, per_step: int, image_shape: tuple, key_impl: str = "threefry"):
     """``run(variables, batch) -> (prediction, radius, samples)``, compiled for global batches of ``per_step``
-    images sharded over ``mesh`` (variables and results replicated); image ``idx`` gets ``fold_in(key(seed), idx)``."""
+    images sharded over ``mesh`` (variables and results replicated); image ``idx`` gets ``image_keys``."""
 
     def run(v, batch):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(batch["idx"])
-        return evaluate(keys, v, batch["image"], batch["label"])
+        return evaluate(image_keys(seed, batch["idx"], key_impl), v, batch["image"], batch["label"])
 
     rows, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     shapes = {"idx": jax.ShapeDtypeStruct((per_step,), jnp.int32, sharding=rows),

@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
         "sigma": ml_collections.config_dict.placeholder(float), "n0": 100, "n": 100_000, "alpha": 0.001,
         "batch_size": 1000, "skip": 1, "max": -1, "split": "test", "mode": "certify", "seed": 0,
         "images_per_step": 1,
+        # PRNG of the noise: threefry (JAX's default, the committed logs) | rbg | unsafe_rbg (faster bits on GPU/TPU,
+        # rows depend on the batching; benchmarks/certify_throughput.py --key_impls). Logged unless threefry.
+        "key_impl": "threefry",
         # Predict mode only: attack each image first (SmoothAdv's predict.py). epsilon in pixel L2 units;
         # num_noise_vec = m draws for the attack; base_attack = attack the base classifier without noise.
         "attack": "none", "epsilon": 0.0, "num_steps": 20, "num_noise_vec": 1, "no_grad_attack": False,

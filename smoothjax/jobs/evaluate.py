@@ -10,7 +10,9 @@ lists; ``noise_sd=''`` is the model's own input noise), the smoothing rule ``mod
 transfer from ``source_workdir``, nattack), the L-inf budget ``epsilon`` (pixel units), ``pgd_steps``, ``eot_passes``,
 ``nattack_population`` / ``nattack_iterations``, the first ``max_images`` images of ``split`` of ``config.dataset``,
 ``batch_size`` (a multiple of the device count), ``chunk_size`` (passes vmapped together, 0 = all), ``pass_loop``,
-``seed`` and ``out`` (default ``<workdir>/robustness``). The grid itself is ``siam.evaluation``.
+``seed`` and ``out`` (default ``<workdir>/robustness``). ``config.dtype`` (float32 | bfloat16 | float16) is the
+models' compute dtype, as in training and certification (noise, attacks and parameters stay float32); when it is
+not float32 every row records it (``"dtype"``). The grid itself is ``siam.evaluation``.
 
 Writes ``results.json``, ``results.tsv``, ``results.md`` (a markdown table) and ``accuracy.png`` (accuracy against
 m_test per noise_sd and against noise_sd per m_test) to ``out``, plus ``metrics.jsonl`` and a progress bar (or
@@ -30,6 +32,7 @@ import jax
 from smoothjax import checkpointing, data, parallel
 from smoothjax.checkpointing import write_atomically
 from smoothjax.jobs.reporting import Reporter
+from smoothjax.models import with_compute_dtype
 from smoothjax.siam.evaluation import ATTACKS, evaluate_dataset
 
 
@@ -47,8 +50,12 @@ def evaluate_workdir(config, workdir: str) -> list:
     ``siam.evaluation.evaluate_dataset`` for what each attack measures)."""
     ec = config.evaluate
     parallel.initialize_distributed(**config.distributed)
+    dtype = config.get("dtype", "float32")
     model, variables = checkpointing.load_model(workdir)
     source = checkpointing.load_model(ec.source_workdir) if ec.source_workdir else None
+    if dtype != "float32":  # the compute dtype; parameters, batch-norm statistics, noise and attacks stay float32
+        model = with_compute_dtype(model, dtype)
+        source = None if source is None else (with_compute_dtype(source[0], dtype), source[1])
     src = data.get_source(config.dataset, ec.split, data_dir=config.data_dir or None, path=config.data_path or None)
     count = len(src) if ec.max_images < 0 else min(len(src), ec.max_images)
     sds = _list(ec.noise_sd) or [getattr(model, "noise_sd", 0.0)]
@@ -62,6 +69,8 @@ def evaluate_workdir(config, workdir: str) -> list:
                             chunk_size=ec.chunk_size or None, pass_loop=ec.pass_loop, reporter=reporter,
                             nattack_kwargs={"population": ec.nattack_population,
                                             "max_iterations": ec.nattack_iterations})
+    if dtype != "float32":  # recorded only when set, as certify.py does: float32 results keep their columns
+        rows = [{**row, "dtype": dtype} for row in rows]
     for row in rows:
         reporter.write(json.dumps(row))
     reporter.close()

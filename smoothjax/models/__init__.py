@@ -2,7 +2,9 @@
 
 Every model takes NHWC images in [0, 1] and normalises them in its own first layer, so noise and attack budgets
 are in pixel units. ``get_model(name, num_classes, **kw)`` builds one; ``make_apply_fn(model)`` gives the
-inference-mode function ``apply_fn(variables, images) -> logits`` that certification and attack code call.
+inference-mode function ``apply_fn(variables, images) -> logits`` that certification, attack and SIAM code call;
+stochastic models add the key as a third argument, ``apply_fn(variables, images, key)``
+(``make_stochastic_apply_fn``; the convention is ``models.contract``, docs/api.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from smoothjax.models.layers import Normalize, fusion_barrier
-from smoothjax.models.noisy_resnet import NoisyCifarResNet, is_stochastic, make_stochastic_apply_fn
+from smoothjax.models.contract import is_stochastic, takes_key, with_key
+from smoothjax.models.noisy_resnet import NoisyCifarResNet, make_stochastic_apply_fn
 from smoothjax.models.resnet import CifarResNet, ResNet50
 from smoothjax.models.small_cnn import SmallCNN
 
@@ -126,4 +129,4 @@ def count_params(variables) -> int:
 __all__ = ["DTYPES", "MODEL_NAMES", "NORMALIZATIONS", "CifarResNet", "NoisyCifarResNet", "Normalize", "ResNet50",
            "SmallCNN",
            "compute_dtype", "count_params", "fusion_barrier", "get_model", "is_stochastic", "make_apply_fn",
-           "make_stochastic_apply_fn", "with_compute_dtype"]
+           "make_stochastic_apply_fn", "takes_key", "with_compute_dtype", "with_key"]

@@ -4,17 +4,19 @@
 16/32/64 times ``width``, batch norm, global average pooling, linear head); every convolution is a ``NoisyConv``
 and the head a ``NoisyDense``. Noise sources, all from the Flax rng stream ``"noise"``:
 
-* input noise ``x + noise_sd * z`` on the [0, 1] pixels, before normalisation, a fresh draw per image and
-  pass; ``noise_sd`` is in pixel units (a float, or one value per channel). The reference adds ``noise_sd`` to
-  *normalised* inputs: its ``noise_sd = s`` is ``s * std_c`` here for channel c (CIFAR-10 std
-  (0.2470, 0.2435, 0.2616)), which the per-channel form expresses exactly. On in training and in inference.
+* input noise ``x + noise_sd * z`` on the [0, 1] pixels, before normalisation, a fresh draw per image and pass, drawn
+  and added in float32 whatever the image dtype (``noise.add_channel_noise``); ``noise_sd`` is in pixel units (a
+  float, or one value per channel). The reference adds ``noise_sd`` to *normalised* inputs: its ``noise_sd = s`` is
+  ``s * std_c`` here for channel c (CIFAR-10 std (0.2470, 0.2435, 0.2616)), which the per-channel form expresses
+  exactly. On in training and in inference.
 * weight noise (``weight_noise`` = ``pni`` | ``cpni`` | ``none``): one draw per layer per pass, shared by the
   batch (see ``noise_layers``). As in the reference CPNI network, the linear head always uses PNI noise when
   the convolutions are noisy.
 * optional PNI activation noise after each convolution (``act_noise``).
 
 ``make_stochastic_apply_fn(model)`` gives the inference contract of stochastic models,
-``apply_fn(variables, images, key, input_noise=True) -> logits``, a pure function of its arguments.
+``apply_fn(variables, images, key, input_noise=True) -> logits``, a pure function of its arguments
+(``models.contract``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smoothjax.models.contract import is_stochastic
 from smoothjax.models.layers import Normalize, fusion_barrier
 from smoothjax.models.noise_layers import NOISE_RNG, WEIGHT_NOISES, NoisyConv, NoisyDense
 from smoothjax.models.resnet import _BatchNorm
+from smoothjax.noise import add_channel_noise
 
 
 class NoisyBasicBlock(nn.Module):
@@ -87,7 +91,7 @@ class NoisyCifarResNet(nn.Module):
             if not self.has_rng(NOISE_RNG) and not self.is_initializing():
                 raise ValueError(f"input noise needs rngs={{'{NOISE_RNG}': key}}; use make_stochastic_apply_fn")
             if self.has_rng(NOISE_RNG):
-                x = x + jnp.asarray(sd, x.dtype) * jax.random.normal(self.make_rng(NOISE_RNG), x.shape, x.dtype)
+                x = add_channel_noise(self.make_rng(NOISE_RNG), x, sd)  # float32, whatever x's dtype
         conv_kwargs = dict(weight_noise=self.weight_noise, granularity=self.granularity, noise_rank=self.noise_rank,
                            act_noise=self.act_noise)
         blocks = (self.depth - 2) // 6
@@ -104,11 +108,6 @@ class NoisyCifarResNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-def is_stochastic(model: nn.Module) -> bool:
-    """True when ``model`` draws from the ``noise`` rng stream (SIAM models), False for deterministic models."""
-    return bool(getattr(model, "stochastic", False))
-
-
 def make_stochastic_apply_fn(model: nn.Module, *, train: bool = False) -> Callable:
     """Returns ``apply_fn(variables, images, key, input_noise=True) -> logits`` (one stochastic pass).
 
@@ -116,7 +115,9 @@ def make_stochastic_apply_fn(model: nn.Module, *, train: bool = False) -> Callab
     draw per layer shared by the batch, input noise per image); ``input_noise=False`` switches the input noise
     off (the single-pass model an EOT attacker differentiates). Inference mode (batch-norm running statistics,
     nothing mutated); a deterministic model ignores ``key`` and ``input_noise``, so every model fits this
-    contract. ``train`` must stay False (training passes go through ``training.apply_train_mode``).
+    contract. The function's ``stochastic`` attribute says whether the model draws noise (``contract.is_stochastic``:
+    False for a deterministic model, so averaging its passes raises). ``train`` must stay False (training passes go
+    through ``training.apply_train_mode``).
     """
     if train:
         raise ValueError("train=True is not allowed; training passes use training.apply_train_mode(rngs=...)")
@@ -127,4 +128,5 @@ def make_stochastic_apply_fn(model: nn.Module, *, train: bool = False) -> Callab
             return model.apply(variables, images, train=False)
         return model.apply(variables, images, train=False, input_noise=input_noise, rngs={NOISE_RNG: key})
 
+    apply_fn.stochastic = stochastic
     return apply_fn

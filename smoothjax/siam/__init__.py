@@ -2,7 +2,7 @@
 
     from smoothjax import siam
     apply_fn = models.make_stochastic_apply_fn(model)                  # one stochastic pass: (variables, x, key)
-    top1 = siam.smoothed_predict(key, apply_fn, variables, x, num_samples=64, mode="vote")   # (B, 1) int32
+    top1 = siam.smoothed_predict(key, apply_fn, variables, x, num_samples=64, mode="vote")   # (B,) int32
     x_adv = siam.pgd_linf(apply_fn, variables, x, y, key, epsilon=8 / 255, num_steps=7, num_passes=8)   # EPGD
 
 Modules: ``inference`` (the rules that combine m stochastic passes: vote, mean_logits, rank_weighted, single),

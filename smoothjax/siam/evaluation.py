@@ -1,10 +1,11 @@
 """SIAM's evaluation grid: clean, white-box PGD / EPGD, transfer and NAttack accuracy of smoothed classifiers.
 
 For every (noise_sd, m_test) setting the trained model (same variables) predicts with ``inference.smoothed_scores``
-(rule ``mode``) at that input-noise level. ``noise_sd`` is a traced argument (``noisy_apply_fn``) and the attacks do
-not depend on m_test, so one compilation per function serves the whole sweep (only ``m_test``, which fixes shapes,
-gives one ``correct`` compilation per value), and each batch's attacks are crafted once per noise_sd (``Programs``
-counts its compilations). Attacks, all L-inf with budget ``epsilon`` in pixel units (default 8/255):
+(rule ``mode``) at that input-noise level. ``noise_sd`` is a traced argument (``noisy_apply_fn(model, noise_sd)``)
+and the attacks do not depend on m_test, so one compilation per function serves the whole sweep (only ``m_test``,
+which fixes shapes, gives one ``correct`` compilation per value), and each batch's attacks are crafted once per
+noise_sd (``Programs`` counts its compilations). Attacks, all L-inf with budget ``epsilon`` in pixel units
+(default 8/255):
 
 * ``pgd``: white-box PGD (``pgd_steps`` steps of eps/4, random start) on the single-pass objective (one stochastic
   pass per step, the reference's ``run_attack.py``);
@@ -30,6 +31,7 @@ import numpy as np
 
 from smoothjax import data, parallel
 from smoothjax.models import make_stochastic_apply_fn
+from smoothjax.noise import add_channel_noise
 from smoothjax.siam.inference import check_mode, smoothed_scores
 from smoothjax.siam.linf_attacks import pgd_linf
 from smoothjax.siam.nattack import nattack
@@ -37,24 +39,27 @@ from smoothjax.siam.nattack import nattack
 ATTACKS = ("clean", "pgd", "epgd", "transfer", "nattack")
 
 
-def noisy_apply_fn(model) -> Callable:
-    """``apply(variables, images, key, noise_sd, input_noise=True) -> logits``: one stochastic pass of ``model``
-    with the input-noise level as a (traced) argument instead of a static model field.
+def noisy_apply_fn(model, noise_sd) -> Callable:
+    """One stochastic pass of ``model`` at input-noise level ``noise_sd``, in the library's stochastic convention:
+    ``apply(variables, images, key, input_noise=True) -> logits`` (``models.contract``).
 
-    ``noise_sd`` is a (C,) float32 array in pixel units (``as_noise_sd``). The model's own input noise is switched
-    off and ``images + noise_sd * z`` (z ~ N(0, I), a fresh draw per image and pass, from ``split(key)[0]``) is fed
-    to it — the same distribution as the model's built-in input noise, so one compilation serves every noise level.
-    Weight noise (PNI/CPNI) comes from ``split(key)[1]``; a deterministic model gets input noise only.
+    ``noise_sd`` is a (C,) float32 array in pixel units (``as_noise_sd``; it may be traced, so one compilation
+    serves every noise level) or a float. The model's own input noise is switched off and ``images + noise_sd * z``
+    (z ~ N(0, I), a fresh draw per image and pass, from ``split(key)[0]``, drawn and added in float32 whatever the
+    image dtype: ``noise.add_channel_noise``) is fed to it — the same distribution as the model's built-in input
+    noise. Weight noise (PNI/CPNI) comes from ``split(key)[1]``; a deterministic model
+    gets input noise only (so it can be smoothed over m passes).
     """
     base = model.clone(noise_sd=0.0) if hasattr(model, "noise_sd") else model
     apply_fn = make_stochastic_apply_fn(base)
 
-    def apply(variables, images, key, noise_sd, input_noise: bool = True):
+    def apply(variables, images, key, input_noise: bool = True):
         noise_key, key = jax.random.split(key)
         if input_noise:
-            images = images + noise_sd.astype(images.dtype) * jax.random.normal(noise_key, images.shape, images.dtype)
+            images = add_channel_noise(noise_key, images, noise_sd)
         return apply_fn(variables, images, key, input_noise=False)
 
+    apply.stochastic = True
     return apply
 
 
@@ -81,7 +86,6 @@ class Programs:
     classifier gets right: an int32 scalar replicated on every device (readable on every process)."""
 
     def __init__(self, model, *, mode, epsilon, pgd_steps, eot_passes, source, chunk_size, pass_loop="auto"):
-        apply = noisy_apply_fn(model)
         self.compiles = 0  # traces of the jitted functions (each is one XLA compilation)
 
         def traced(f):
@@ -91,13 +95,12 @@ class Programs:
             return g
 
         def scores(v, x, k, sd, m):
-            one = lambda vv, xx, kk, input_noise=True: apply(vv, xx, kk, sd, input_noise)  # noqa: E731
-            return smoothed_scores(k, one, v, x, num_samples=m, mode=mode, chunk_size=chunk_size)
+            return smoothed_scores(k, noisy_apply_fn(model, sd), v, x, num_samples=m, mode=mode,
+                                   chunk_size=chunk_size)
 
         def craft(v, x, y, k, sd, passes):
-            one = lambda vv, xx, kk: apply(vv, xx, kk, sd)  # noqa: E731
-            return pgd_linf(one, v, x, y, k, epsilon=epsilon, num_steps=pgd_steps, num_passes=passes,
-                            pass_loop=pass_loop)
+            return pgd_linf(noisy_apply_fn(model, sd), v, x, y, k, epsilon=epsilon, num_steps=pgd_steps,
+                            num_passes=passes, pass_loop=pass_loop)
 
         def correct(v, x, y, mask, k, sd, m):
             return jnp.sum((jnp.argmax(scores(v, x, k, sd, m), -1) == y) & mask, dtype=jnp.int32)

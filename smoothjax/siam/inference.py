@@ -10,6 +10,12 @@ Rules (``mode``), on the (m, B, K) logits of m passes:
 
 Top-k for every rule: the k classes with the highest scores. All ties (equal logits inside a pass, equal
 scores across classes) are broken towards the lower class index, so results are deterministic.
+
+``apply_fn`` follows the library's one convention (``models.contract``, docs/api.md): a stochastic model is
+``apply_fn(variables, images, key) -> logits`` (``models.make_stochastic_apply_fn``; ``single`` also passes
+``input_noise=False``), a deterministic one ``apply_fn(variables, images) -> logits``. Smoothing a deterministic
+function over m > 1 passes raises a one-line ValueError (the passes would be equal); give it input noise with
+``siam.noisy_apply_fn`` or use m = 1.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from smoothjax.models.contract import check_passes, with_key
 
 MODES = ("vote", "mean_logits", "rank_weighted", "single")
 
@@ -67,8 +75,10 @@ def stochastic_logits(key: jax.Array, apply_fn: Callable, variables, x: jax.Arra
                       chunk_size: int | None = None, input_noise: bool = True) -> jax.Array:
     """(num_samples, B, K) logits of ``num_samples`` stochastic passes of ``apply_fn`` on ``x``.
 
-    ``apply_fn(variables, images, key, input_noise=...)`` is one pass (``models.make_stochastic_apply_fn``); pass
-    j uses ``jax.random.split(key, num_samples)[j]``. The passes run ``jax.vmap``-ed, ``chunk_size`` at a time
+    ``apply_fn(variables, images, key)`` is one pass (``models.make_stochastic_apply_fn``; called with
+    ``input_noise=False`` only when ``input_noise`` is False); pass j uses ``jax.random.split(key,
+    num_samples)[j]``. A deterministic ``apply_fn(variables, images)`` is allowed for ``num_samples=1`` only
+    (ValueError otherwise: m equal passes). The passes run ``jax.vmap``-ed, ``chunk_size`` at a time
     (None = all at once), so memory is bounded by ``chunk_size`` passes whatever ``num_samples`` is.
     Speed on CPU: with weight noise (PNI/CPNI) every pass has its own weights, and vmapped passes turn each conv
     into a grouped conv that XLA:CPU runs about 5x slower than one pass at a time over the batch — use
@@ -79,8 +89,13 @@ def stochastic_logits(key: jax.Array, apply_fn: Callable, variables, x: jax.Arra
         raise ValueError(f"num_samples={num_samples!r} is not allowed; it must be an int >= 1")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed; it must be None or an int >= 1")
+    check_passes(apply_fn, num_samples)
     keys = jax.random.split(key, num_samples)
-    one = lambda k: apply_fn(variables, x, k, input_noise=input_noise)  # noqa: E731
+    apply_fn = with_key(apply_fn)
+    if input_noise:
+        one = lambda k: apply_fn(variables, x, k)  # noqa: E731
+    else:
+        one = lambda k: apply_fn(variables, x, k, input_noise=False)  # noqa: E731
     if chunk_size is None or chunk_size >= num_samples:
         return jax.vmap(one)(keys)
     return jax.lax.map(one, keys, batch_size=chunk_size)
@@ -102,9 +117,15 @@ def smoothed_scores(key: jax.Array, apply_fn: Callable, variables, x: jax.Array,
 
 
 def smoothed_predict(key: jax.Array, apply_fn: Callable, variables, x: jax.Array, *, num_samples: int, mode: str,
-                     top_k: int = 1, chunk_size: int | None = None) -> jax.Array:
-    """(B, top_k) int32 predictions of the smoothed classifier, best first (see ``smoothed_scores``)."""
+                     top_k: int | None = None, chunk_size: int | None = None) -> jax.Array:
+    """Predictions of the smoothed classifier on images ``x`` (B, H, W, C) in [0, 1] (see ``smoothed_scores``).
+
+    Returns (B,) int32 classes (the shape of ``certification.predict``; SIAM never abstains) when ``top_k`` is
+    None, else (B, top_k) int32 classes, best first. Ties go to the lower class index.
+    """
     scores = smoothed_scores(key, apply_fn, variables, x, num_samples=num_samples, mode=mode, chunk_size=chunk_size)
+    if top_k is None:
+        return top_k_classes(scores, 1)[:, 0]
     return top_k_classes(scores, top_k)
 
 

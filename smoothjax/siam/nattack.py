@@ -61,14 +61,15 @@ def make_nattack_step(score_fn: Callable, *, population: int = 300, sigma: float
                       learning_rate: float = 0.02, chunk_size: int | None = None, mesh=None) -> Callable:
     """One NES iteration ``step(x, y, mu, done, key, epsilon, *score_args) -> (mu, broken, adv)`` (pure; jit it).
 
-    ``x`` (B, H, W, C), ``y`` (B,), ``mu`` (B, H, W, C), ``done`` (B,) bool (broken earlier: mu is frozen),
-    ``epsilon`` the L-inf budget (may be traced). ``broken`` (B,) bool: some candidate of this iteration is
-    misclassified; ``adv`` (B, H, W, C): the first such candidate (the mean's projection first, then the population
-    in order), else the mean's projection. ``score_fn(images (B, ...), *score_args) -> (B, K)`` is ``jax.vmap``-ed
-    over the candidates, ``chunk_size`` of them at a time (None = all at once): every candidate of image b is scored
-    with the same randomness, so a stochastic score_fn with a fixed key is one deterministic classifier.
-    With ``mesh``, the draws are laid out batch-sharded over its ``data`` axis (the batch is data-parallel); with
-    JAX's partitionable threefry the values do not depend on the number of devices.
+    ``x`` (B, H, W, C) any float dtype (the draws, candidates and ``mu`` are float32 whatever it is, so bfloat16
+    images give exactly the result of their float32 copies), ``y`` (B,), ``mu`` (B, H, W, C), ``done`` (B,) bool
+    (broken earlier: mu is frozen), ``epsilon`` the L-inf budget (may be traced). ``broken`` (B,) bool: some
+    candidate of this iteration is misclassified; ``adv`` (B, H, W, C): the first such candidate (the mean's
+    projection first, then the population in order), else the mean's projection. ``score_fn(images (B, ...),
+    *score_args) -> (B, K)`` is ``jax.vmap``-ed over the candidates, ``chunk_size`` of them at a time (None = all at
+    once): every candidate of image b is scored with the same randomness, so a stochastic score_fn with a fixed key
+    is one deterministic classifier. With ``mesh``, the draws are laid out batch-sharded over its ``data`` axis (the
+    batch is data-parallel); with JAX's partitionable threefry the values do not depend on the number of devices.
     """
 
     def scores_of(images, score_args):  # (n, B, ...) -> (n, B, K)
@@ -78,7 +79,8 @@ def make_nattack_step(score_fn: Callable, *, population: int = 300, sigma: float
         return jax.lax.map(one, images, batch_size=chunk_size)
 
     def step(x, y, mu, done, key, epsilon, *score_args):
-        z = jax.random.normal(key, (population,) + x.shape, x.dtype)
+        x, mu = x.astype(jnp.float32), mu.astype(jnp.float32)  # the search runs in float32 whatever x's dtype
+        z = jax.random.normal(key, (population,) + x.shape, jnp.float32)
         if mesh is not None:
             z = jax.lax.with_sharding_constraint(z, NamedSharding(mesh, P(None, DATA_AXIS)))
         cands = candidates(x, mu, jnp.concatenate([jnp.zeros_like(z[:1]), z]), sigma, epsilon)  # mean first

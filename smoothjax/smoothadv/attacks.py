@@ -8,8 +8,10 @@ draws eta_1..eta_m (pixel units, drawn once by the caller and reused over all st
 The m draws are evaluated with ``jax.vmap`` over the noise axis (one forward pass of m * B images, no Python loop
 over m) and every image has one perturbation shared by its m draws. Everything is jittable: ``epsilon``,
 ``step_size``, ``gamma`` and ``init_norm`` may be traced (e.g. an epsilon warm-up inside a train step), while
-``num_steps``, ``no_grad`` and ``levels`` are static. The step loop is unrolled in Python because gradients inside
-a ``lax`` loop body hit a slow path on XLA:CPU (docs/performance.md); T is small.
+``num_steps``, ``no_grad``, ``levels`` and ``unroll`` are static. The step loop is unrolled in Python on XLA:CPU
+(gradients inside a ``lax`` loop body hit a slow path there, docs/performance.md) and is a ``lax.fori_loop``
+elsewhere, whose body compiles once whatever T is (``unroll``: None = that choice, True / False to force it;
+``smoothjax.loops``); both give the same result.
 
 Images are (B, H, W, C) in [0, 1]; budgets are L2 norms in pixel units over the whole image (H * W * C values).
 The reference's ``--epsilon 64`` means 64/256 = 0.25 here. Every result satisfies ``||x_adv - x||_2 <= epsilon``
@@ -24,6 +26,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from smoothjax.loops import resolve_unroll, step_loop
 
 _LOG_FLOOR = math.log(1e-20)  # The reference's clamp of the averaged probability.
 
@@ -124,17 +128,19 @@ def _clip_to_box(x: jax.Array, delta: jax.Array) -> jax.Array:
     return jnp.clip(x + delta, 0.0, 1.0) - x
 
 
-def _keys(key, num_steps: int):
+def _typed_key(key):
+    """The key of the random directions as a typed key; step t uses ``fold_in(key, t)``."""
     if key is None:
         raise ValueError("key=None is not allowed; pass a PRNG key (jax.random.key) for the random directions")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    return [jax.random.fold_in(key, t) for t in range(num_steps)]
+    return key
 
 
 # ------------------------------------------------------------------------------------------------------- PGD
 def smooth_pgd_l2(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise: jax.Array | None, *,
-                  epsilon, num_steps: int, step_size=None, no_grad: bool = False, key: jax.Array) -> jax.Array:
+                  epsilon, num_steps: int, step_size=None, no_grad: bool = False, key: jax.Array,
+                  unroll: bool | None = None) -> jax.Array:
     """L2 PGD on the soft smoothed classifier (SmoothAdv_PGD), as the reference ``PGD_L2`` does it.
 
     delta starts at 0. Each of the ``num_steps`` steps computes the gradient g of
@@ -152,17 +158,20 @@ def smooth_pgd_l2(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noi
       noise: (m, B, H, W, C) noise in pixel units, fixed over all steps, or None for the base classifier (m = 1,
         no noise). A training step reuses the same noise for its update.
       epsilon: L2 budget per image in pixel units (>= 0; may be traced).
-      num_steps: T >= 1, static; the loop is unrolled.
+      num_steps: T >= 1, static.
       step_size: per-step L2 length; default ``2 * epsilon / num_steps`` (the reference's).
       no_grad: use the gradient-free estimate ``-(1/m) sum_j p_y(x + delta + eta_j) * eta_j`` (forward passes
         only) in place of the gradient; needs m > 1.
       key: PRNG key for the random directions of zero gradients (required; step t uses ``fold_in(key, t)``).
+      unroll: static; None (default) = unroll the T steps in Python on the CPU backend and run them in a
+        ``lax.fori_loop`` elsewhere; True / False force either (``smoothjax.loops``). Same result either way.
 
     Returns:
       x_adv, (B, H, W, C) float, with ``||x_adv - x||_2 <= epsilon`` per image and ``0 <= x_adv <= 1``.
     """
     noise = _check_inputs(x, y, noise)
     num_steps = _check_steps(num_steps)
+    resolve_unroll(unroll)
     _check_nonnegative("epsilon", epsilon)
     if no_grad and noise.shape[0] < 2:
         raise ValueError(f"no_grad=True needs m > 1 noise draws (got noise of shape {noise.shape}); the estimate "
@@ -182,12 +191,14 @@ def smooth_pgd_l2(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noi
         p_y = jnp.take_along_axis(p, jnp.broadcast_to(y[None, :, None], p.shape[:2] + (1,)), -1)[..., 0]
         return -jnp.mean(_expand(p_y, noise).astype(noise.dtype) * noise, axis=0)
 
-    delta = jnp.zeros_like(x)
-    for step_key in _keys(key, num_steps):
+    key = _typed_key(key)
+
+    def step(t, delta):
         g = no_grad_direction(delta) if no_grad else jax.grad(loss_sum)(delta)
-        delta = delta + step_size * _unit_direction(g, step_key)
-        delta = project_l2(_clip_to_box(x, delta), epsilon)
-    return x + delta
+        delta = delta + step_size * _unit_direction(g, jax.random.fold_in(key, t))
+        return project_l2(_clip_to_box(x, delta), epsilon)
+
+    return x + step_loop(step, jnp.zeros_like(x), num_steps, unroll=unroll)
 
 
 # ------------------------------------------------------------------------------------------------------- DDN
@@ -210,7 +221,8 @@ def ddn_gamma_for_prediction(epsilon: float, num_steps: int) -> float:
 
 
 def smooth_ddn(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise: jax.Array | None, *, epsilon,
-               num_steps: int, gamma=0.05, init_norm=1.0, levels: int | None = 256, key: jax.Array) -> jax.Array:
+               num_steps: int, gamma=0.05, init_norm=1.0, levels: int | None = 256, key: jax.Array,
+               unroll: bool | None = None) -> jax.Array:
     """Decoupled direction and norm (DDN, Rony et al. 2019) on the soft smoothed classifier (SmoothAdv_DDN).
 
     As the reference ``DDN``: delta starts at 0 and the norm budget rho at ``init_norm``. Step i (0-based) of T:
@@ -228,7 +240,8 @@ def smooth_ddn(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise:
     is then clipped to [0, 1] and projected onto the ball once more.
 
     Args:
-      apply_fn, variables, x, y, noise, key: as for ``smooth_pgd_l2`` (m = 1 or None: plain argmax decision).
+      apply_fn, variables, x, y, noise, key, unroll: as for ``smooth_pgd_l2`` (m = 1 or None: plain argmax
+        decision).
       epsilon: final L2 budget per image in pixel units (>= 0; may be traced). The iterates are not limited by it.
       num_steps: T >= 1, static.
       gamma: norm factor (reference default 0.05 for training; ``ddn_gamma_for_prediction`` for evaluation).
@@ -240,6 +253,7 @@ def smooth_ddn(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise:
     """
     noise = _check_inputs(x, y, noise)
     num_steps = _check_steps(num_steps)
+    resolve_unroll(unroll)
     _check_nonnegative("epsilon", epsilon)
     _check_nonnegative("init_norm", init_norm)
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2):
@@ -252,10 +266,13 @@ def smooth_ddn(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise:
     batch = x.shape[0]
     worst_norm = _per_image_norm(jnp.maximum(x, 1.0 - x))
     rho = jnp.broadcast_to(jnp.asarray(init_norm, x.dtype), (batch,))
-    best_l2, best_delta = worst_norm, jnp.zeros_like(x)
-    delta = jnp.zeros_like(x)
-    for i, step_key in enumerate(_keys(key, num_steps)):
-        lr = 0.01 + 0.99 * (1.0 + math.cos(math.pi * (i + 1) / num_steps)) / 2.0
+    key = _typed_key(key)
+    lrs = [0.01 + 0.99 * (1.0 + math.cos(math.pi * (i + 1) / num_steps)) / 2.0 for i in range(num_steps)]
+
+    def step(i, carry):
+        delta, rho, best_l2, best_delta = carry
+        lr = lrs[i] if isinstance(i, int) else jnp.asarray(lrs, x.dtype)[i]  # the same float32 value either way
+        step_key = jax.random.fold_in(key, i)
         l2 = _per_image_norm(delta)
         (_, logits), g = jax.value_and_grad(loss_sum, has_aux=True)(delta)
         predictions = jnp.argmax(logits, axis=-1)
@@ -272,8 +289,10 @@ def smooth_ddn(apply_fn: Callable, variables, x: jax.Array, y: jax.Array, noise:
         adv = x + delta
         if levels is not None:
             adv = _quantize(adv, levels)
-        delta = jnp.clip(adv, 0.0, 1.0) - x
+        return jnp.clip(adv, 0.0, 1.0) - x, rho, best_l2, best_delta
 
+    init = (jnp.zeros_like(x), rho, worst_norm, jnp.zeros_like(x))
+    _, _, _, best_delta = step_loop(step, init, num_steps, unroll=unroll)
     best_delta = project_l2(best_delta, epsilon)
     if levels is not None:
         best_delta = _quantize(best_delta, levels)
