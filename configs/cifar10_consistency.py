@@ -27,10 +27,10 @@ protocol (every 20th test image, n = 10,000)::
       --workdir=results/cifar10/resnet20_consistency_s0.25 --config.dataset=cifar10 \\
       --config.data_path=../shared/data/cifar10-test.npz
 
-Cost estimate: a step sees 256 rows of 32x32x3 like one Gaussian step of batch 256, which runs at about 250 images/s
-on this machine's 2 cores (benchmarks/results/train_throughput.json, results/cifar10/resnet20_gaussian_s0.25), so
-about 1 s per step and 40-45 minutes for 2,400 steps when the machine is otherwise idle (docs/training.md, cost per
-step).
+Run time, estimated from throughput (no whole run yet): 256 rows a step, one Gaussian step of batch 256, about 1 s
+on 2 idle cores at ResNet-20's 250 images/s (benchmarks/results/train_throughput.json): 40-45 minutes for the 2,400
+steps idle, 1.5 to 3 hours when the machine is shared; then 1 to 4 hours to certify the 500 images (7 s per image
+idle, 26 s shared, as configs/cifar10_cpu.py). How both commands were checked: docs/training.md, cost per step.
 """
 
 from smoothjax.jobs.defaults import cohen_cifar10, cpu_cifar10, parse_args

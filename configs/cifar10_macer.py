@@ -25,9 +25,11 @@ protocol (every 20th test image, n = 10,000)::
       --workdir=results/cifar10/resnet20_macer_s0.25 --config.dataset=cifar10 \\
       --config.data_path=../shared/data/cifar10-test.npz
 
-Cost estimate: a step sees 1,024 rows of 32x32x3, four Gaussian steps of batch 256 at about 250 images/s on this
-machine's 2 cores (benchmarks/results/train_throughput.json, results/cifar10/resnet20_gaussian_s0.25), so about 4 s
-per step and 55 minutes for 800 steps when the machine is otherwise idle (docs/training.md, cost per step).
+Run time, estimated from throughput (no whole run yet): a step sees 1,024 rows of 32x32x3, four Gaussian steps of
+batch 256 at about 250 images/s on 2 idle cores (benchmarks/results/train_throughput.json), so about 4 s a step and
+55 minutes for the 800 steps on an idle machine, 2 to 4 hours on a shared one. Certifying the 500 images takes 1 hour
+idle to 4 hours shared (7 / 26 s per image, configs/cifar10_cpu.py). docs/training.md (cost per step) tells how both
+commands were checked.
 """
 
 from smoothjax.jobs.defaults import cohen_cifar10, cpu_cifar10, parse_args
