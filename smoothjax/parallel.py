@@ -89,6 +89,26 @@ def batch_axis(x):
     return None, None
 
 
+def named_batch_axis(x, axis) -> tuple | None:
+    """``per_shard``'s ``where`` for a batch ``x`` sharded along the mesh axis named ``axis``; None for None.
+
+    The mesh is the one set by ``jax.set_mesh`` (read with ``jax.sharding.get_abstract_mesh``, so this works inside
+    a jit of one's own, where a value under Auto axes does not carry its sharding). Raises a one-line ValueError
+    unless ``axis`` names an axis (or a tuple of axes) of that mesh whose size divides ``x``'s leading axis.
+    """
+    if axis is None:
+        return None
+    mesh = jax.sharding.get_abstract_mesh()
+    names = axis if isinstance(axis, tuple) else (axis,)
+    if mesh.empty or not all(a in mesh.axis_names for a in names):
+        raise ValueError(f"batch_axis={axis!r} is not allowed here; it must name an axis of the mesh set with "
+                         f"jax.set_mesh (current mesh axes: {tuple(mesh.axis_names)})")
+    if x.shape[0] % _axis_size(mesh, axis):
+        raise ValueError(f"batch_axis={axis!r} is not allowed for a batch of {x.shape[0]} images; the axis has "
+                         f"{_axis_size(mesh, axis)} devices, which must divide the batch")
+    return mesh, axis
+
+
 def per_shard(fn, x, *batched, replicated=(), where=None):
     """``fn(*batched, *replicated)`` run on each device's rows when ``x``'s batch axis is sharded (``batch_axis``),
     else called once on the whole batch.

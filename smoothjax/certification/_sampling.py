@@ -115,7 +115,7 @@ def counts_one(key, x, apply_fn, variables, sigma, num, batch_size, num_classes,
 
 
 def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: int, batch_size: int,
-                  num_classes: int, sound: bool = False) -> jax.Array:
+                  num_classes: int, sound: bool = False, batch_axis=None) -> jax.Array:
     """Counts of the base classifier's argmax over exactly ``num`` Gaussian-noised copies of each image.
 
     Args:
@@ -131,6 +131,8 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
         evaluates B * batch_size copies (images are ``vmap``-ed, which keeps a sharded batch sharded); static.
       num_classes: K; static.
       sound: static; draw ``sound_noise`` grid noise (x on the 1/255 grid) instead of float Gaussian noise.
+      batch_axis: static; the mesh axis (of the mesh set by ``jax.set_mesh``) the batch is sharded along, for a
+        batch that cannot say so itself: under Auto axes inside a jit of your own. None = read from ``x``.
 
     Returns:
       int32 counts (K,) for one image or (B, K) for a batch, each row summing to ``num``. Row i depends only on
@@ -150,7 +152,7 @@ def sample_counts(key, apply_fn: Callable, variables, x, *, sigma: float, num: i
     if x.ndim == 3:
         return one(keys, x, variables=variables)
     return parallel.per_shard(jax.vmap(lambda k, xs, v: one(k, xs, variables=v), in_axes=(0, 0, None)), x, keys, x,
-                              replicated=(variables,))
+                              replicated=(variables,), where=parallel.named_batch_axis(x, batch_axis))
 
 
 def certify_counts(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int, n: int, batch_size: int,

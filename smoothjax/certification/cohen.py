@@ -167,12 +167,13 @@ def _predict_decision(counts, alpha_words) -> jax.Array:
 
 
 def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 100, n: int = 100_000,
-            alpha: float = 0.001, batch_size: int = 1000, num_classes: int, sound: bool = False) -> Certificate:
+            alpha: float = 0.001, batch_size: int = 1000, num_classes: int, sound: bool = False,
+            batch_axis=None) -> Certificate:
     """CERTIFY (Cohen et al. 2019, Algorithm 1) for one image or a batch.
 
     Each image's key is split into a selection key (``n0`` draws, guess ``c_A``) and an independent estimation
     key (``n`` draws, count ``n_A``); see ``certify_from_counts`` for the decision. Keys, shapes, units and static
-    arguments follow ``sample_counts``.
+    arguments (``batch_axis`` included) follow ``sample_counts``.
 
     Returns:
       ``Certificate`` of scalars (one image) or of (B,) arrays. Guarantee: with probability >= 1 - alpha over the
@@ -185,7 +186,8 @@ def certify(key, apply_fn: Callable, variables, x, *, sigma: float, n0: int = 10
     if sound:
         sound_noise.check_on_grid(x)
     return certify_keyed(as_keys(key, x), x, variables, H.alpha_operand(alpha), apply_fn=apply_fn, sigma=sigma,
-                         n0=n0, n=n, batch_size=batch_size, num_classes=num_classes, sound=sound)
+                         n0=n0, n=n, batch_size=batch_size, num_classes=num_classes, sound=sound,
+                         where=parallel.named_batch_axis(x, batch_axis) if x.ndim == 4 else None)
 
 
 def certify_keyed(keys, x, variables, alpha_words, *, apply_fn, sigma, n0, n, batch_size, num_classes, sound,
@@ -202,11 +204,11 @@ def certify_keyed(keys, x, variables, alpha_words, *, apply_fn, sigma, n0, n, ba
 
 
 def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alpha: float, batch_size: int,
-            num_classes: int, sound: bool = False) -> jax.Array:
+            num_classes: int, sound: bool = False, batch_axis=None) -> jax.Array:
     """PREDICT (Cohen et al. 2019, Algorithm 2) for one image or a batch.
 
-    Draws ``n`` noisy copies per image (keys, shapes, units and static arguments as in ``sample_counts``) and
-    decides with ``predict_from_counts``.
+    Draws ``n`` noisy copies per image (keys, shapes, units and static arguments, ``batch_axis`` included, as in
+    ``sample_counts``) and decides with ``predict_from_counts``.
 
     Returns:
       int32 class per image (scalar or (B,)), -1 to abstain. Guarantee: a non-abstaining answer differs from the
@@ -217,7 +219,8 @@ def predict(key, apply_fn: Callable, variables, x, *, sigma: float, n: int, alph
     if sound:
         sound_noise.check_on_grid(x)
     return predict_keyed(as_keys(key, x), x, variables, H.alpha_operand(alpha), apply_fn=apply_fn, sigma=sigma, n=n,
-                         batch_size=batch_size, num_classes=num_classes, sound=sound)
+                         batch_size=batch_size, num_classes=num_classes, sound=sound,
+                         where=parallel.named_batch_axis(x, batch_axis) if x.ndim == 4 else None)
 
 
 def predict_keyed(keys, x, variables, alpha_words, *, apply_fn, sigma, n, batch_size, num_classes, sound,

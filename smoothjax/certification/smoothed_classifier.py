@@ -9,7 +9,7 @@ Each method returns exactly what the module function of the same name returns fo
 same draws, same float64 host statistics). The work is jitted once per image shape and (n0, n, batch_size): alpha
 is an operand of the host callback (``_host_stats.alpha_operand``), so a new alpha reuses the compiled program. A
 batch sharded over a mesh axis (Explicit or Auto) is certified on each device's own rows and the results stay
-sharded like it.
+sharded like it; inside a jit of your own under Auto axes, name the axis (``batch_axis="batch"``).
 """
 
 from __future__ import annotations
@@ -63,32 +63,38 @@ class SmoothedClassifier:
             self.num_classes = int(out.shape[1])
         return self.num_classes
 
-    def _prepare(self, key, x):
+    def _prepare(self, key, x, batch_axis):
         x = jnp.asarray(x)
         keys = as_keys(key, x)
         if self.sound:
             sound_noise.check_on_grid(x)
-        where = parallel.batch_axis(x) if x.ndim == 4 else (None, None)
+        if x.ndim != 4:
+            return keys, x, None
+        if batch_axis is not None:
+            return keys, x, parallel.named_batch_axis(x, batch_axis)
+        where = parallel.batch_axis(x)
         return keys, x, (where if where[0] is not None else None)
 
-    def certify(self, key, x, *, n0: int, n: int, alpha: float, batch_size: int) -> cohen.Certificate:
+    def certify(self, key, x, *, n0: int, n: int, alpha: float, batch_size: int,
+                batch_axis=None) -> cohen.Certificate:
         """``certification.certify(key, apply_fn, variables, x, sigma=sigma, ...)``: the same ``Certificate`` (its
-        guarantee: with probability >= 1 - alpha, a non-abstaining prediction is g's on the L2 ball of ``radius``)."""
-        keys, x, where = self._prepare(key, x)
+        guarantee: with probability >= 1 - alpha, a non-abstaining prediction is g's on the L2 ball of ``radius``).
+        ``batch_axis``: as in ``certification.sample_counts`` (for Auto axes inside a jit of your own)."""
+        keys, x, where = self._prepare(key, x, batch_axis)
         return self._certify(self.variables, keys, x, H.alpha_operand(check_alpha(alpha)), n0=check_int("n0", n0, 1),
                              n=check_int("n", n, 1), batch_size=check_int("batch_size", batch_size, 1),
                              num_classes=self.classes(x), where=where)
 
-    def predict(self, key, x, *, n: int, alpha: float, batch_size: int) -> jax.Array:
+    def predict(self, key, x, *, n: int, alpha: float, batch_size: int, batch_axis=None) -> jax.Array:
         """``certification.predict``: int32 class per image, ``ABSTAIN`` (-1) to abstain (wrong with prob. <= alpha)."""
-        keys, x, where = self._prepare(key, x)
+        keys, x, where = self._prepare(key, x, batch_axis)
         return self._predict(self.variables, keys, x, H.alpha_operand(check_alpha(alpha)), n=check_int("n", n, 1),
                              batch_size=check_int("batch_size", batch_size, 1), num_classes=self.classes(x),
                              where=where)
 
-    def sample_counts(self, key, x, *, num: int, batch_size: int) -> jax.Array:
+    def sample_counts(self, key, x, *, num: int, batch_size: int, batch_axis=None) -> jax.Array:
         """``certification.sample_counts``: int32 (K,) or (B, K) counts of the argmax over ``num`` noisy copies."""
-        keys, x, where = self._prepare(key, x)
+        keys, x, where = self._prepare(key, x, batch_axis)
         return self._counts(self.variables, keys, x, n=check_int("num", num, 1),
                             batch_size=check_int("batch_size", batch_size, 1), num_classes=self.classes(x), where=where)
 
